@@ -1,0 +1,5 @@
+"""Entry point for `python -m condasync`."""
+
+from condasync.cli import main
+
+main()

@@ -1,0 +1,110 @@
+"""Frozen data shared by the engine: repodata, local file state, plans and reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+PACKAGE_KEYS = ("packages", "packages.conda")
+
+
+@dataclass
+class Repodata:
+    """One subdir's index. `records` maps filename to record across both package sections."""
+
+    info: dict[str, Any]
+    records: dict[str, Record]
+    removed: list[str] = field(default_factory=list)
+    version: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What the last sync verified about one file on the target."""
+
+    size: int
+    digest: str  # "sha256:<hex>" or "md5:<hex>"
+    mtime_ns: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one subdir sync will do. Filenames only; no I/O has happened."""
+
+    add: tuple[str, ...]
+    replace: tuple[str, ...]
+    delete: tuple[str, ...]
+    keep: tuple[str, ...]
+
+
+@dataclass
+class SubdirReport:
+    """The outcome of syncing one subdir."""
+
+    subdir: str
+    unchanged: bool = False
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
+    filtered: int = 0
+    packages: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class MirrorReport:
+    """The outcome of one `mirror` run over all its subdirs."""
+
+    url: str
+    target: str
+    dry_run: bool = False
+    subdirs: list[SubdirReport] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+
+    @property
+    def unchanged(self) -> bool:
+        return bool(self.subdirs) and all(s.unchanged for s in self.subdirs)
+
+    def to_dict(self) -> dict[str, Any]:
+        def merge_list(attr: str) -> list[str]:
+            return [name for s in self.subdirs for name in getattr(s, attr)]
+
+        def merge_dict(attr: str) -> dict[str, str]:
+            return {k: v for s in self.subdirs for k, v in getattr(s, attr).items()}
+
+        return {
+            "url": self.url,
+            "dir": self.target,
+            "dry_run": self.dry_run,
+            "unchanged": self.unchanged,
+            "added": merge_list("added"),
+            "replaced": merge_list("replaced"),
+            "deleted": merge_list("deleted"),
+            "failed": merge_dict("failed"),
+            "rejected": merge_dict("rejected"),
+            "bytes": sum(s.bytes for s in self.subdirs),
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+            "exit_code": self.exit_code,
+            "subdirs": {
+                s.subdir: {
+                    "unchanged": s.unchanged,
+                    "added": s.added,
+                    "replaced": s.replaced,
+                    "deleted": s.deleted,
+                    "failed": s.failed,
+                    "rejected": s.rejected,
+                    "filtered": s.filtered,
+                    "packages": s.packages,
+                    "bytes": s.bytes,
+                }
+                for s in self.subdirs
+            },
+        }
