@@ -48,7 +48,7 @@ def parse_cutoff(text: str, now: datetime) -> int:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(
-            f"invalid --exclude-newer {text!r}: use a duration like 7d/12h or a date like 2026-01-01"
+            f"invalid --exclude-newer {text!r}: use a duration (7d, 12h) or a date (2026-01-01)"
         ) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
@@ -92,20 +92,22 @@ def to_package_record(record: Record, subdir: str) -> PackageRecord | None:
         return None
 
 
+def _exact_name(spec: MatchSpec) -> str | None:
+    name = spec.name.as_package_name()
+    return None if name is None else str(name.normalized)
+
+
 class _Matcher:
     """Matches records against specs, building rattler records only when a spec needs them."""
 
     def __init__(self, specs: tuple[str, ...], subdir: str) -> None:
         self.specs = [compile_spec(s) for s in specs]
-        self.names = [
-            None if s.name.as_package_name() is None else s.name.as_package_name().normalized
-            for s in self.specs
-        ]
+        self.names = [_exact_name(s) for s in self.specs]
         self.subdir = subdir
         self._cache: dict[str, PackageRecord | None] = {}
 
     def matches(self, filename: str, record: Record) -> bool:
-        for spec, name in zip(self.specs, self.names):
+        for spec, name in zip(self.specs, self.names, strict=True):
             if name is not None and name != record.get("name"):
                 continue
             if filename not in self._cache:
@@ -135,7 +137,7 @@ def _newest_versions(records: dict[str, Record], n: int) -> set[str]:
 
 
 def select(records: dict[str, Record], filters: Filters, subdir: str, now: datetime) -> set[str]:
-    """Filenames to mirror: (no includes or matches one) and matches no exclude, then time, then N."""
+    """Filenames to mirror: (no includes, or one matches) and no exclude matches; then time, N."""
     if not filters.active:
         return set(records)
     includes = _Matcher(filters.include, subdir)

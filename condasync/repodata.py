@@ -1,4 +1,4 @@
-"""Pure repodata format logic: parse, validate untrusted keys and records, dump deterministically, zstd."""
+"""Pure repodata format logic: parse, validate untrusted keys and records, dump, zstd."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def split_filename(filename: str) -> tuple[str, str, str, str] | None:
 
 
 def check_filename(filename: object) -> str | None:
-    """Return why a package key is unsafe or malformed, or None when it is a valid package filename."""
+    """Return why a package key is unsafe or malformed, or None for a valid package filename."""
     if not isinstance(filename, str) or not filename:
         return "not a filename"
     if len(filename) > MAX_FILENAME:

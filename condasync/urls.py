@@ -12,11 +12,20 @@ TOKEN_RE = re.compile(r"/t/([^/]+)")
 def normalize_channel(location: str) -> str:
     """http(s)://, file:// or a local path -> a URL ending without a slash."""
     parts = urlsplit(location)
-    if parts.scheme in ("http", "https", "file"):
+    if parts.scheme in ("http", "https"):
         return location.rstrip("/")
-    if parts.scheme and len(parts.scheme) > 1:
-        raise ValueError(f"unsupported URL scheme {parts.scheme!r}: use http(s)://, file:// or a path")
-    return Path(location).expanduser().resolve().as_uri()
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError("file:// URLs must name a local path (file:///path)")
+        path = Path(unquote(parts.path))
+    elif parts.scheme and len(parts.scheme) > 1:
+        raise ValueError(
+            f"unsupported URL scheme {parts.scheme!r}: use http(s)://, file:// or a path"
+        )
+    else:
+        path = Path(location).expanduser().resolve()
+    # httpx treats a host-less URL as relative, so file URLs always carry "localhost".
+    return "file://localhost" + quote(str(path).rstrip("/") or "/")
 
 
 def secrets_of(url: str) -> list[str]:

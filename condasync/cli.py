@@ -1,0 +1,250 @@
+"""The Typer app: parse options, call one engine function, print, and map errors to exit codes."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from condasync import __version__
+from condasync.config import filters_from, load_config
+from condasync.display import PlainListener, RichListener, print_plain_summary, print_summary
+from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
+from condasync.filters import Filters, compile_spec, parse_cutoff
+from condasync.models import MirrorReport
+from condasync.sync import MirrorJob, run_mirror
+
+app = typer.Typer(
+    help="Mirror a conda channel as a verified, always-consistent static tree.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _emit_json(doc: Any) -> None:
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _check_filters(filters: Filters) -> None:
+    for spec in (*filters.include, *filters.exclude):
+        try:
+            compile_spec(spec)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if filters.exclude_newer:
+        try:
+            parse_cutoff(filters.exclude_newer, datetime.now(timezone.utc))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if filters.latest is not None and filters.latest < 1:
+        raise UsageError("--latest must be at least 1")
+
+
+def _run_one(job: MirrorJob, as_json: bool, quiet: bool) -> MirrorReport:
+    if as_json or quiet or not sys.stderr.isatty():
+        report = run_mirror(job, PlainListener(quiet=quiet or as_json))
+    else:
+        with RichListener() as listener:
+            report = run_mirror(job, listener)
+    if report.error:
+        print(f"error: {report.error}", file=sys.stderr)
+    if not as_json:
+        if sys.stderr.isatty() and not quiet:
+            print_summary(report)
+        elif not quiet or report.exit_code:
+            print_plain_summary(report)
+    return report
+
+
+@app.command()
+def mirror(
+    url: Annotated[
+        str | None, typer.Argument(help="Upstream channel: http(s)://, file:// or a path.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Argument(metavar="DIR", help="Where the mirror tree lives.")
+    ] = None,
+    subdir: Annotated[
+        list[str] | None, typer.Option("-s", "--subdir", help="Subdir to mirror (repeatable).")
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="MatchSpec to mirror (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="MatchSpec to skip (repeatable).")
+    ] = None,
+    latest: Annotated[
+        int | None, typer.Option("--latest", help="Keep the N newest versions per name.")
+    ] = None,
+    exclude_newer: Annotated[
+        str | None,
+        typer.Option("--exclude-newer", help="Skip packages newer than DATE or DURATION (7d)."),
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option("-j", "--jobs", help="Concurrent downloads [default: 16].")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Plan and report only; write nothing.")
+    ] = False,
+    keep_removed: Annotated[
+        bool, typer.Option("--keep-removed", help="Never delete packages upstream dropped.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON report on stdout.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("-q", "--quiet", help="Only warnings, errors and failures.")
+    ] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with [[mirror]] tables.")
+    ] = None,
+    write_bz2: Annotated[bool, typer.Option("--bz2", help="Also write repodata.json.bz2.")] = False,
+    retries: Annotated[
+        int | None, typer.Option("--retries", help="Retries per download [default: 3].")
+    ] = None,
+    zstd_level: Annotated[
+        int | None,
+        typer.Option("--zstd-level", help="zstd level for repodata.json.zst [default: 3]."),
+    ] = None,
+) -> None:
+    """Bring DIR up to date with the upstream channel at URL."""
+    try:
+        if config is not None:
+            if url or target:
+                raise UsageError("give either URL DIR or --config, not both")
+            tables = load_config(config)
+        elif url and target:
+            tables = [{"url": url, "dir": target}]
+        else:
+            raise UsageError("missing URL and DIR (or --config FILE)")
+        jobs_list = []
+        for table in tables:
+            filters = filters_from(table)
+            if include or exclude or latest or exclude_newer:
+                filters = Filters(
+                    include=tuple(include or filters.include),
+                    exclude=tuple(exclude or filters.exclude),
+                    latest=latest if latest is not None else filters.latest,
+                    exclude_newer=exclude_newer or filters.exclude_newer,
+                )
+            _check_filters(filters)
+            job = MirrorJob(
+                url=table["url"],
+                target=table["dir"],
+                subdirs=tuple(subdir or table.get("subdirs", ())),
+                filters=filters,
+                jobs=jobs if jobs is not None else table.get("jobs", 16),
+                dry_run=dry_run,
+                keep_removed=keep_removed or table.get("keep_removed", False),
+                bz2=write_bz2 or table.get("bz2", False),
+                retries=retries if retries is not None else table.get("retries", 3),
+                zstd_level=zstd_level if zstd_level is not None else table.get("zstd_level", 3),
+            )
+            if job.jobs < 1 or job.retries < 0 or not 1 <= job.zstd_level <= 22:
+                raise UsageError("--jobs must be >= 1, --retries >= 0, --zstd-level 1..22")
+            jobs_list.append(job)
+    except CondasyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    reports = [_run_one(job, as_json, quiet) for job in jobs_list]
+    if as_json:
+        _emit_json(
+            reports[0].to_dict() if config is None else {"mirrors": [r.to_dict() for r in reports]}
+        )
+    codes = [r.exit_code for r in reports]
+    raise typer.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes))
+
+
+@app.command()
+def verify(
+    target: Annotated[Path, typer.Argument(metavar="DIR", help="Mirror tree to check.")],
+    deep: Annotated[
+        bool, typer.Option("--deep", help="Also open each package and check its metadata.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON report on stdout.")
+    ] = False,
+) -> None:
+    """Check every indexed file for existence, size and hash; never modifies anything."""
+    from condasync.verify import verify_tree
+
+    if not target.is_dir():
+        print(f"error: {target} is not a directory", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        report = verify_tree(target, deep=deep)
+    except CondasyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    doc = report.to_dict()
+    if as_json:
+        _emit_json(doc)
+    else:
+        for problem in doc["problems"]:
+            where = "/".join(p for p in (problem["subdir"], problem["filename"]) if p)
+            print(f"problem: {where}: {problem['kind']}: {problem['detail']}", file=sys.stderr)
+        for orphan in doc["orphans"]:
+            print(f"orphan: {orphan}", file=sys.stderr)
+        verdict = "ok" if report.ok else f"{len(doc['problems'])} problem(s)"
+        print(f"{target}: {doc['files_checked']} files checked, {verdict}", file=sys.stderr)
+    raise typer.Exit(0 if report.ok else EXIT_VERIFY)
+
+
+@app.command("index")
+def index_command(
+    target: Annotated[
+        Path, typer.Argument(metavar="DIR", help="Channel folder with <subdir>/ packages.")
+    ],
+    subdir: Annotated[
+        list[str] | None, typer.Option("-s", "--subdir", help="Only these subdirs.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON report on stdout.")
+    ] = False,
+) -> None:
+    """Build <subdir>/repodata.json (+ .zst) from the package files in DIR."""
+    from condasync.indexer import index_tree
+
+    if not target.is_dir():
+        print(f"error: {target} is not a directory", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        report = index_tree(target, subdirs=subdir or None)
+    except CondasyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+    doc = report.to_dict()
+    if as_json:
+        _emit_json(doc)
+    else:
+        for name, sub in doc["subdirs"].items():
+            for filename, reason in sub.get("skipped", {}).items():
+                print(f"warning: {name}/{filename!r}: skipped: {reason}", file=sys.stderr)
+            print(f"{name}: {sub['packages']} packages indexed", file=sys.stderr)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"condasync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    """condasync: mirror conda channels."""
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)

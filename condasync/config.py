@@ -1,0 +1,66 @@
+"""TOML config file -> mirror jobs: one `[[mirror]]` table per channel to sync."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from condasync.errors import UsageError
+from condasync.filters import Filters
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+
+KEYS = {
+    "url": str,
+    "dir": str,
+    "subdirs": list,
+    "include": list,
+    "exclude": list,
+    "latest": int,
+    "exclude_newer": str,
+    "keep_removed": bool,
+    "jobs": int,
+    "bz2": bool,
+    "retries": int,
+    "zstd_level": int,
+}
+
+
+def load_config(path: Path) -> list[dict[str, Any]]:
+    """Read and check the `[[mirror]]` tables. Relative paths resolve from the working directory."""
+    try:
+        doc = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"invalid TOML in {path}: {exc}") from None
+    tables = doc.get("mirror")
+    if not isinstance(tables, list) or not tables:
+        raise UsageError(f"{path} has no [[mirror]] tables")
+    jobs = []
+    for number, table in enumerate(tables, 1):
+        where = f"{path}: [[mirror]] #{number}"
+        for key, value in table.items():
+            expected = KEYS.get(key)
+            if expected is None:
+                raise UsageError(f"{where}: unknown key {key!r}")
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise UsageError(f"{where}: {key} must be a {expected.__name__}")
+        for key in ("url", "dir"):
+            if key not in table:
+                raise UsageError(f"{where}: missing {key!r}")
+        jobs.append(dict(table))
+    return jobs
+
+
+def filters_from(table: dict[str, Any]) -> Filters:
+    return Filters(
+        include=tuple(table.get("include", ())),
+        exclude=tuple(table.get("exclude", ())),
+        latest=table.get("latest"),
+        exclude_newer=table.get("exclude_newer"),
+    )

@@ -1,0 +1,99 @@
+"""What the last sync verified (per subdir), and the lock that keeps runs from overlapping.
+
+State is two files per subdir under `DIR/.condasync/`: a small `<subdir>.meta.json` (upstream
+validators, what we published, a hash of the options) read on every run, and a large
+`<subdir>.files.json` (size, digest and mtime of each file) read only when there is work.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from condasync.errors import LockedError
+from condasync.models import FileState
+from condasync.storage import STATE_DIR, LocalStorage
+
+GENERATION = 1  # bump when the on-disk state format changes: forces a full re-plan
+
+
+@dataclass
+class SubdirMeta:
+    generation: int = GENERATION
+    source: str = ""  # the upstream URL the validators belong to
+    etag: str | None = None
+    last_modified: str | None = None
+    upstream_sha256: str | None = None
+    options: str = ""  # hash of the options that shape the published index
+    published: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
+
+
+def _meta_path(subdir: str) -> str:
+    return f"{STATE_DIR}/{subdir}.meta.json"
+
+
+def _files_path(subdir: str) -> str:
+    return f"{STATE_DIR}/{subdir}.files.json"
+
+
+def load_meta(storage: LocalStorage, subdir: str) -> SubdirMeta | None:
+    raw = storage.read(_meta_path(subdir))
+    if raw is None:
+        return None
+    try:
+        doc = orjson.loads(raw)
+        meta = SubdirMeta(**doc)
+    except (orjson.JSONDecodeError, TypeError):
+        return None  # unreadable state only costs a full re-plan
+    return meta if meta.generation == GENERATION else None
+
+
+def save_meta(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> None:
+    storage.write_if_changed(
+        _meta_path(subdir), orjson.dumps(asdict(meta), option=orjson.OPT_SORT_KEYS)
+    )
+
+
+def load_files(storage: LocalStorage, subdir: str) -> dict[str, FileState]:
+    raw = storage.read(_files_path(subdir))
+    if raw is None:
+        return {}
+    try:
+        doc: dict[str, list[Any]] = orjson.loads(raw)
+        return {name: FileState(int(v[0]), str(v[1]), int(v[2])) for name, v in doc.items()}
+    except (orjson.JSONDecodeError, TypeError, ValueError, IndexError, AttributeError):
+        return {}
+
+
+def save_files(storage: LocalStorage, subdir: str, files: dict[str, FileState]) -> None:
+    doc = {name: [s.size, s.digest, s.mtime_ns] for name, s in files.items()}
+    storage.write_if_changed(_files_path(subdir), orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+
+
+@contextmanager
+def hold_lock(storage: LocalStorage) -> Iterator[None]:
+    """An exclusive, non-blocking flock on DIR/.condasync/lock; the kernel drops it on kill -9."""
+    path = storage.path(f"{STATE_DIR}/lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockedError(
+                    f"{storage.label} is locked by another condasync run; try again later"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)

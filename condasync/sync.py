@@ -1,0 +1,457 @@
+"""The mirror run (DESIGN.md §2): lock, fetch indexes, plan, download, publish, delete, save state.
+
+The engine emits `Event`s to a listener and returns a `MirrorReport`; it never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bz2
+import hashlib
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import urljoin
+
+import httpx
+import orjson
+
+from condasync import fetch
+from condasync.errors import CondasyncError, StorageError, UpstreamError, UsageError
+from condasync.filters import Filters, select
+from condasync.models import FileState, MirrorReport, Plan, Record, Repodata, SubdirReport
+from condasync.plan import build_plan
+from condasync.repodata import (
+    compress_zst,
+    digest_of,
+    dump_repodata,
+    empty_repodata,
+    is_subdir,
+    parse_repodata,
+    partition_records,
+    publishable,
+)
+from condasync.state import (
+    GENERATION,
+    SubdirMeta,
+    hold_lock,
+    load_files,
+    load_meta,
+    save_files,
+    save_meta,
+)
+from condasync.storage import LocalStorage, StagedFile, open_storage
+from condasync.urls import join, mask, mask_url, normalize_channel, secrets_of
+
+KNOWN_SUBDIRS = (
+    "noarch", "linux-64", "linux-aarch64", "linux-ppc64le", "linux-s390x", "linux-armv6l",
+    "linux-armv7l", "linux-32", "linux-riscv64", "osx-64", "osx-arm64", "win-64", "win-32",
+    "win-arm64", "emscripten-wasm32", "wasi-wasm32", "zos-z",
+)  # fmt: skip
+INDEX_FILES = ("repodata.json", "repodata.json.zst")
+
+
+@dataclass(frozen=True)
+class MirrorJob:
+    """Everything one mirror run needs; built by the CLI from options or a config table."""
+
+    url: str
+    target: str
+    subdirs: tuple[str, ...] = ()
+    filters: Filters = field(default_factory=Filters)
+    jobs: int = 16
+    dry_run: bool = False
+    keep_removed: bool = False
+    bz2: bool = False
+    retries: int = 3
+    backoff: float = 0.5
+    zstd_level: int = 3
+
+
+@dataclass(frozen=True)
+class Event:
+    """Progress for listeners: plan, bytes, file, failed, rejected, deleted, published, uptodate."""
+
+    kind: str
+    subdir: str = ""
+    name: str = ""
+    size: int = 0
+    count: int = 0
+    message: str = ""
+
+
+Listener = Callable[[Event], None]
+
+
+@dataclass
+class _Upstream:
+    """One subdir's fetched index, before any write."""
+
+    subdir: str
+    meta: SubdirMeta | None
+    fetched: fetch.IndexFetch
+    repodata: Repodata | None  # None when upstream is unchanged and the tree intact
+    body_sha256: str | None = None
+
+
+def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
+    """Run one mirror job to completion. Errors end up in the report, with their exit code."""
+    started = time.monotonic()
+    secrets = secrets_of(job.url)
+    report = MirrorReport(url=mask_url(job.url), target=job.target, dry_run=job.dry_run)
+    try:
+        try:
+            channel = normalize_channel(job.url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if job.jobs < 1:
+            raise UsageError("--jobs must be at least 1")
+        storage = open_storage(job.target, create=not job.dry_run)
+        with nullcontext() if job.dry_run else hold_lock(storage):
+            asyncio.run(_mirror(job, channel, storage, report, listen))
+    except CondasyncError as exc:
+        report.error = mask(str(exc), secrets)
+        report.exit_code = exc.exit_code
+    except KeyboardInterrupt:
+        report.error = "interrupted"
+        report.exit_code = 130
+    if report.exit_code == 0 and any(s.failed for s in report.subdirs):
+        report.exit_code = 1
+    for sub in report.subdirs:
+        sub.failed = {k: mask(v, secrets) for k, v in sub.failed.items()}
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def options_hash(job: MirrorJob, channel: str) -> str:
+    """Options that shape the published index; when they change, the next run re-plans."""
+    doc = {
+        "url": channel,
+        "filters": [job.filters.include, job.filters.exclude, job.filters.latest],
+        "exclude_newer": job.filters.exclude_newer,
+        "keep_removed": job.keep_removed,
+        "bz2": job.bz2,
+        "zstd": job.zstd_level,
+        "generation": GENERATION,
+    }
+    return hashlib.sha256(orjson.dumps(doc)).hexdigest()
+
+
+def _published_intact(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> bool:
+    for name in INDEX_FILES:
+        st = storage.stat(f"{subdir}/{name}")
+        if st is None or list(st) != meta.published.get(name):
+            return False
+    return True
+
+
+async def _mirror(
+    job: MirrorJob, channel: str, storage: LocalStorage, report: MirrorReport, listen: Listener
+) -> None:
+    client, base = fetch.make_client(channel, job.jobs)
+    async with client:
+        channeldata: bytes | None = None
+        subdirs = list(dict.fromkeys(job.subdirs))
+        if not subdirs:
+            channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
+            subdirs = await _discover_subdirs(client, base, channeldata)
+        for subdir in subdirs:
+            if not is_subdir(subdir):
+                raise UsageError(f"invalid subdir {subdir!r}")
+        options = options_hash(job, base)
+        # Fetch and validate every index before any write: an upstream error leaves the tree as is.
+        upstreams = [await _fetch_upstream(job, client, base, storage, s, options) for s in subdirs]
+        changed = any(u.repodata is not None for u in upstreams)
+        if changed and channeldata is None:
+            channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
+        for upstream in upstreams:
+            sub = SubdirReport(subdir=upstream.subdir)
+            report.subdirs.append(sub)
+            await _sync_subdir(job, client, base, storage, upstream, options, sub, listen)
+        if job.dry_run:
+            return
+        if "noarch" not in subdirs and storage.stat("noarch/repodata.json") is None:
+            _write_index(storage, "noarch", dump_repodata(empty_repodata("noarch")), job)
+        if channeldata is not None and _is_json_object(channeldata):
+            storage.write_if_changed("channeldata.json", channeldata)
+
+
+def _is_json_object(data: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(data), dict)
+    except orjson.JSONDecodeError:
+        return False
+
+
+async def _discover_subdirs(
+    client: httpx.AsyncClient, base: str, channeldata: bytes | None
+) -> list[str]:
+    """Subdirs from channeldata.json, else the known platforms that exist upstream."""
+    if channeldata is not None:
+        try:
+            listed = orjson.loads(channeldata).get("subdirs")
+        except (orjson.JSONDecodeError, AttributeError):
+            listed = None
+        if isinstance(listed, list) and listed:
+            found = [s for s in listed if isinstance(s, str) and is_subdir(s)]
+            return sorted(set(found) | {"noarch"})
+    found = ["noarch"]
+    for subdir in KNOWN_SUBDIRS[1:]:
+        for name in INDEX_FILES:
+            if await fetch.exists(client, join(base, subdir, name)):
+                found.append(subdir)
+                break
+    return found
+
+
+async def _fetch_upstream(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: LocalStorage,
+    subdir: str,
+    options: str,
+) -> _Upstream:
+    meta = load_meta(storage, subdir)
+    intact = (
+        meta is not None and meta.options == options and _published_intact(storage, subdir, meta)
+    )
+    validators = (meta.source, meta.etag, meta.last_modified) if meta and intact else None
+    fetched = await fetch.fetch_index(
+        client, join(base, subdir), validators, job.retries, job.backoff
+    )
+    if fetched.missing:
+        if subdir != "noarch":
+            raise UpstreamError(f"{subdir}/repodata.json not found upstream (HTTP 404)")
+        fetched.body = dump_repodata(empty_repodata("noarch"))
+    if fetched.unchanged:
+        return _Upstream(subdir, meta, fetched, None)
+    assert fetched.body is not None
+    body_sha256 = hashlib.sha256(fetched.body).hexdigest()
+    if meta is not None and intact and meta.upstream_sha256 == body_sha256:
+        return _Upstream(subdir, meta, fetched, None, body_sha256)
+    try:
+        repodata = await asyncio.to_thread(parse_repodata, fetched.body, subdir)
+    except ValueError as exc:
+        raise UpstreamError(f"invalid upstream repodata: {exc}") from None
+    fetched.body = None  # the parsed form is all we need from here on
+    return _Upstream(subdir, meta, fetched, repodata, body_sha256)
+
+
+async def _sync_subdir(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: LocalStorage,
+    upstream: _Upstream,
+    options: str,
+    report: SubdirReport,
+    listen: Listener,
+) -> None:
+    subdir = upstream.subdir
+    if upstream.repodata is None:
+        report.unchanged = True
+        listen(Event("uptodate", subdir))
+        if not job.dry_run and upstream.meta is not None and not upstream.fetched.unchanged:
+            upstream.meta.etag = upstream.fetched.etag  # same bytes, new validators
+            upstream.meta.last_modified = upstream.fetched.last_modified
+            upstream.meta.source = upstream.fetched.source
+            save_meta(storage, subdir, upstream.meta)
+        return
+    valid, rejected = partition_records(upstream.repodata.records)
+    for key, reason in rejected.items():
+        report.rejected[key] = reason
+        listen(Event("rejected", subdir, name=key, message=reason))
+    wanted = {
+        fn: valid[fn] for fn in select(valid, job.filters, subdir, datetime.now(timezone.utc))
+    }
+    report.filtered = len(valid) - len(wanted)
+    local = load_files(storage, subdir)
+    removed_upstream = {fn for fn in local if fn not in upstream.repodata.records}
+    plan = build_plan(wanted, local, job.keep_removed, removed_upstream)
+    if job.dry_run:
+        report.added, report.replaced = list(plan.add), list(plan.replace)
+        report.deleted = list(plan.delete)
+        report.packages = len(plan.keep) + len(plan.add) + len(plan.replace)
+        return
+    todo = plan.add + plan.replace
+    listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn]["size"] for fn in todo)))
+    storage.clear_staging(subdir)
+    try:
+        package_base = _package_base(join(base, subdir), upstream.repodata.info)
+        done, staged = await _download_all(
+            job, client, package_base, storage, subdir, plan, wanted, report, listen
+        )
+        for filename, staged_file in staged.items():  # replacements: as late as possible
+            done[filename] = FileState(
+                wanted[filename]["size"], digest_of(wanted[filename]), staged_file.commit()
+            )
+        records = {fn: wanted[fn] for fn in plan.keep if fn in wanted}
+        records.update({fn: wanted[fn] for fn in done})
+        records.update(_kept_removed_records(storage, subdir, plan, wanted))
+        published = publishable(upstream.repodata, subdir, records)
+        data = await asyncio.to_thread(dump_repodata, published)
+        stats = await asyncio.to_thread(_write_index, storage, subdir, data, job)
+        listen(Event("published", subdir, count=len(records)))
+        report.packages = len(records)
+        for filename in plan.delete:
+            storage.delete(f"{subdir}/{filename}")
+            report.deleted.append(filename)
+            listen(Event("deleted", subdir, name=filename))
+        files = {fn: local[fn] for fn in plan.keep}
+        files.update(done)
+        files.update({fn: local[fn] for fn in report.failed if fn in local})
+        save_files(storage, subdir, files)
+        save_meta(
+            storage,
+            subdir,
+            SubdirMeta(
+                source=upstream.fetched.source,
+                etag=upstream.fetched.etag,
+                last_modified=upstream.fetched.last_modified,
+                upstream_sha256=upstream.body_sha256,
+                options=options,
+                published=stats,
+            ),
+        )
+    finally:
+        storage.clear_staging(subdir)
+
+
+def _package_base(subdir_url: str, info: dict[str, object]) -> str:
+    """CEP-15: packages live under info.base_url (absolute or relative) when it is set."""
+    base_url = info.get("base_url")
+    if isinstance(base_url, str) and base_url:
+        return urljoin(subdir_url + "/", base_url).rstrip("/")
+    return subdir_url
+
+
+def _kept_removed_records(
+    storage: LocalStorage, subdir: str, plan: Plan, wanted: dict[str, Record]
+) -> dict[str, Record]:
+    """--keep-removed: records upstream dropped come from the index we published last time."""
+    kept = [fn for fn in plan.keep if fn not in wanted]
+    if not kept:
+        return {}
+    raw = storage.read(f"{subdir}/repodata.json")
+    if raw is None:
+        return {}
+    try:
+        previous = parse_repodata(raw, subdir).records
+    except ValueError:
+        return {}
+    return {fn: previous[fn] for fn in kept if fn in previous}
+
+
+def _write_index(
+    storage: LocalStorage, subdir: str, data: bytes, job: MirrorJob
+) -> dict[str, list[int]]:
+    """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state."""
+    storage.write_if_changed(f"{subdir}/repodata.json.zst", compress_zst(data, job.zstd_level))
+    if job.bz2:
+        storage.write_if_changed(f"{subdir}/repodata.json.bz2", bz2.compress(data, 9))
+    storage.write_if_changed(f"{subdir}/repodata.json", data)
+    stats = {}
+    for name in INDEX_FILES:
+        st = storage.stat(f"{subdir}/{name}")
+        if st is not None:
+            stats[name] = list(st)
+    return stats
+
+
+async def _download_all(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    package_base: str,
+    storage: LocalStorage,
+    subdir: str,
+    plan: Plan,
+    wanted: dict[str, Record],
+    report: SubdirReport,
+    listen: Listener,
+) -> tuple[dict[str, FileState], dict[str, StagedFile]]:
+    """Fetch adds (committed at once) and replacements (staged, committed by the caller)."""
+    done: dict[str, FileState] = {}
+    staged: dict[str, StagedFile] = {}
+    replacing = set(plan.replace)
+    queue = iter(plan.add + plan.replace)
+
+    def on_bytes(n: int) -> None:
+        report.bytes += n
+        listen(Event("bytes", subdir, size=n))
+
+    async def worker() -> None:
+        for filename in queue:
+            record = wanted[filename]
+            try:
+                state, pending = await _fetch_one(
+                    job, client, package_base, storage, subdir, filename, record,
+                    filename in replacing, on_bytes,
+                )  # fmt: skip
+            except (StorageError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                report.failed[filename] = fetch.describe(exc)
+                listen(Event("failed", subdir, name=filename, message=report.failed[filename]))
+                continue
+            if pending is not None:
+                staged[filename] = pending
+            else:
+                assert state is not None
+                done[filename] = state
+            (report.replaced if filename in replacing else report.added).append(filename)
+            listen(Event("file", subdir, name=filename, size=record["size"]))
+
+    tasks = [
+        asyncio.ensure_future(worker())
+        for _ in range(min(job.jobs, len(replacing) + len(plan.add)))
+    ]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pending in staged.values():
+            pending.discard()
+        raise
+    report.added.sort()
+    report.replaced.sort()
+    return done, staged
+
+
+async def _fetch_one(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    package_base: str,
+    storage: LocalStorage,
+    subdir: str,
+    filename: str,
+    record: Record,
+    replace: bool,
+    on_bytes: Callable[[int], None],
+) -> tuple[FileState | None, StagedFile | None]:
+    relpath = f"{subdir}/{filename}"
+    size, digest = record["size"], digest_of(record)
+    algo, expected = digest.split(":", 1)
+    existing = storage.stat(relpath)
+    if existing is not None and existing[0] == size:
+        # A file an interrupted run already moved into place: adopt it if its bytes are right.
+        actual = await asyncio.to_thread(fetch.hash_file, str(storage.path(relpath)), algo)
+        if actual == expected:
+            return FileState(size, digest, existing[1]), None
+    url = join(package_base, filename)
+    async for attempt in fetch.retrying(job.retries, job.backoff):
+        with attempt:
+            staged = storage.stage(relpath)
+            try:
+                await fetch.download(client, url, staged, size, digest, on_bytes)
+                staged.close()
+            except BaseException:
+                staged.discard()
+                raise
+    if replace:
+        return None, staged
+    return FileState(size, digest, staged.commit()), None
