@@ -112,16 +112,19 @@ def parse_repodata(data: bytes, subdir: str) -> Repodata:
         raise ValueError(f"{subdir}/repodata.json is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{subdir}/repodata.json is not a JSON object")
-    info = doc.pop("info", None) or {}
+    info = doc.pop("info", None)
+    info = {} if info is None else info
     if not isinstance(info, dict):
         raise ValueError(f"{subdir}/repodata.json has a malformed 'info'")
     records: dict[str, Record] = {}
     for key in PACKAGE_KEYS:
-        section = doc.pop(key, None) or {}
+        section = doc.pop(key, None)
+        section = {} if section is None else section
         if not isinstance(section, dict):
             raise ValueError(f"{subdir}/repodata.json has a malformed '{key}'")
         records.update(section)
-    removed = doc.pop("removed", None) or []
+    removed = doc.pop("removed", None)
+    removed = [] if removed is None else removed
     if not isinstance(removed, list):
         raise ValueError(f"{subdir}/repodata.json has a malformed 'removed'")
     version = doc.pop("repodata_version", None)

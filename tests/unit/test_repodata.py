@@ -1,0 +1,121 @@
+"""Table-driven tests of the pure repodata module."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from condasync.repodata import (
+    check_filename,
+    check_record,
+    compress_zst,
+    decompress_zst,
+    digest_of,
+    dump_repodata,
+    parse_repodata,
+    partition_records,
+    publishable,
+)
+
+GOOD = {"name": "a", "version": "1", "build": "0", "size": 3, "sha256": "a" * 64}
+
+
+@pytest.mark.parametrize(
+    ("key", "ok"),
+    [
+        ("numpy-1.26.4-py312h8753938_0.conda", True),
+        ("_r-mutex-1.0.1-anacondar_1.tar.bz2", True),
+        ("python-3.12.0-hab00c5b_0_cpython.conda", True),
+        ("../../x-1-0.conda", False),
+        ("/etc/x-1-0.conda", False),
+        ("a/b-1-0.conda", False),
+        ("a\\b-1-0.conda", False),
+        ("x-1-0\x00.conda", False),
+        ("x-1-0.zip", False),
+        (".hidden-1-0.conda", False),
+        ("x" * 300 + "-1-0.conda", False),
+        ("n" * 65 + "-1-0.conda", False),
+        ("UPPER-1-0.conda", False),
+        ("x-1.conda", False),
+        ("x-1-b u ild.conda", False),
+        ("", False),
+    ],
+)
+def test_check_filename(key: str, ok: bool) -> None:
+    assert (check_filename(key) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("change", "ok"),
+    [
+        ({}, True),
+        ({"sha256": None, "md5": "b" * 32}, True),
+        ({"sha256": None}, False),
+        ({"size": -1}, False),
+        ({"size": 10**15}, False),
+        ({"size": "3"}, False),
+        ({"size": True}, False),
+        ({"sha256": "zz"}, False),
+        ({"md5": "short"}, False),
+        ({"name": None}, False),
+    ],
+)
+def test_check_record(change: dict[str, object], ok: bool) -> None:
+    record = {k: v for k, v in {**GOOD, **change}.items() if v is not None}
+    assert (check_record(record) is None) is ok
+
+
+def test_digest_prefers_sha256() -> None:
+    assert digest_of({"sha256": "a" * 64, "md5": "b" * 32}) == "sha256:" + "a" * 64
+    assert digest_of({"md5": "b" * 32}) == "md5:" + "b" * 32
+
+
+def _doc() -> dict[str, object]:
+    return {
+        "info": {"subdir": "noarch", "base_url": "https://elsewhere.example/x/"},
+        "packages": {"a-1-0.tar.bz2": dict(GOOD)},
+        "packages.conda": {"a-1-0.conda": dict(GOOD, depends=["patched >=2"], weird_key=[1])},
+        "removed": ["old-1-0.conda"],
+        "repodata_version": 2,
+        "v3": {"whl": {}},
+    }
+
+
+def test_round_trip_keeps_everything_but_base_url() -> None:
+    upstream = parse_repodata(orjson.dumps(_doc()), "noarch")
+    out = orjson.loads(dump_repodata(publishable(upstream, "noarch", upstream.records)))
+    expected = _doc()
+    expected["info"] = {"subdir": "noarch"}
+    assert out == expected
+
+
+def test_dump_is_deterministic() -> None:
+    a = parse_repodata(orjson.dumps(_doc()), "noarch")
+    doc = _doc()
+    doc["packages.conda"] = dict(reversed(list(doc["packages.conda"].items())))  # type: ignore[attr-defined]
+    b = parse_repodata(orjson.dumps(doc), "noarch")
+    assert dump_repodata(a) == dump_repodata(b)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not json", b"[1, 2]", b'{"packages": []}', b'{"info": 3}', b'{"removed": {}}', b'{"packa'],
+)
+def test_parse_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_repodata(data, "noarch")
+
+
+def test_partition_records() -> None:
+    valid, rejected = partition_records(
+        {"a-1-0.conda": GOOD, "../x-1-0.conda": GOOD, "b-1-0.conda": {"size": 1}}
+    )
+    assert list(valid) == ["a-1-0.conda"]
+    assert set(rejected) == {"../x-1-0.conda", "b-1-0.conda"}
+
+
+def test_zstd_round_trip_and_corrupt() -> None:
+    data = b"x" * 100_000
+    assert decompress_zst(compress_zst(data)) == data
+    with pytest.raises(ValueError):
+        decompress_zst(b"garbage")
