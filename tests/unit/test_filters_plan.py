@@ -15,9 +15,18 @@ DAY_MS = 86_400_000
 NOW_MS = int(NOW.timestamp() * 1000)
 
 
-def rec(name: str, version: str, build: str = "0", **extra: object) -> tuple[str, dict[str, object]]:
-    record = {"name": name, "version": version, "build": build, "build_number": 0,
-              "size": 1, "sha256": "a" * 64, **extra}  # fmt: skip
+def rec(
+    name: str, version: str, build: str = "0", **extra: object
+) -> tuple[str, dict[str, object]]:
+    record = {
+        "name": name,
+        "version": version,
+        "build": build,
+        "build_number": 0,
+        "size": 1,
+        "sha256": "a" * 64,
+        **extra,
+    }
     return f"{name}-{version}-{build}.conda", record
 
 
@@ -41,25 +50,39 @@ def names(selected: set[str]) -> set[str]:
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
-        (Filters(), {"numpy=1.25.0", "numpy=1.26.4", "numpy=2.0.0", "python=3.12.1",
-                     "python=3.11.9", "requests=2.31.0"}),  # fmt: skip
+        (
+            Filters(),
+            {
+                "numpy=1.25.0",
+                "numpy=1.26.4",
+                "numpy=2.0.0",
+                "python=3.12.1",
+                "python=3.11.9",
+                "requests=2.31.0",
+            },
+        ),
         (Filters(include=("numpy >=1.26",)), {"numpy=1.26.4", "numpy=2.0.0"}),
         (Filters(include=("python 3.12.*",)), {"python=3.12.1"}),
         (Filters(include=("*[license=MIT]",)), {"requests=2.31.0"}),
         (Filters(exclude=("numpy", "python")), {"requests=2.31.0"}),
         # both flags: (an include matches) and (no exclude matches)
-        (Filters(include=("numpy", "requests"), exclude=("numpy >=2",)),
-         {"numpy=1.25.0", "numpy=1.26.4", "requests=2.31.0"}),  # fmt: skip
-        (Filters(include=("numpy",), exclude=("requests",)),
-         {"numpy=1.25.0", "numpy=1.26.4", "numpy=2.0.0"}),  # fmt: skip
+        (
+            Filters(include=("numpy", "requests"), exclude=("numpy >=2",)),
+            {"numpy=1.25.0", "numpy=1.26.4", "requests=2.31.0"},
+        ),
+        (
+            Filters(include=("numpy",), exclude=("requests",)),
+            {"numpy=1.25.0", "numpy=1.26.4", "numpy=2.0.0"},
+        ),
         (Filters(include=("numpy",), latest=1), {"numpy=2.0.0"}),
-        (Filters(include=("numpy", "python"), latest=2),
-         {"numpy=1.26.4", "numpy=2.0.0", "python=3.12.1", "python=3.11.9"}),  # fmt: skip
+        (
+            Filters(include=("numpy", "python"), latest=2),
+            {"numpy=1.26.4", "numpy=2.0.0", "python=3.12.1", "python=3.11.9"},
+        ),
         (Filters(include=("numpy",), exclude_newer="5d"), {"numpy=1.25.0", "numpy=1.26.4"}),
         (Filters(include=("numpy",), exclude_newer="5d", latest=1), {"numpy=1.26.4"}),
         # seconds-based timestamps are understood; records without one are kept
-        (Filters(include=("python",), exclude_newer="2026-01-01"),
-         {"python=3.11.9"}),  # fmt: skip
+        (Filters(include=("python",), exclude_newer="2026-01-01"), {"python=3.11.9"}),
         (Filters(include=("python",), exclude_newer="60d"), {"python=3.11.9"}),
     ],
 )
