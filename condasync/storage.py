@@ -56,6 +56,7 @@ class Storage(Protocol):
     def stage(self, relpath: str) -> StagedFile: ...
     def read(self, relpath: str) -> bytes | None: ...
     def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
+    def publish(self, files: list[tuple[str, bytes]]) -> list[str]: ...
     def delete(self, relpath: str) -> None: ...
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
     def open(self, relpath: str) -> BinaryIO: ...
@@ -135,25 +136,36 @@ class LocalStorage:
             return None
 
     def write_if_changed(self, relpath: str, data: bytes) -> bool:
-        """Atomically replace relpath with data (temp, fsync, rename) unless it already holds it."""
-        target = self.path(relpath)
+        """Atomically replace relpath with data unless it already holds exactly these bytes."""
+        return bool(self.publish([(relpath, data)]))
+
+    def publish(self, files: list[tuple[str, bytes]]) -> list[str]:
+        """Write each changed file to a temp beside it (fsync), then rename them in order.
+
+        All temp files are complete before the first rename, so a full disk fails before any
+        published file changes, and the renames land back to back. Returns what changed.
+        """
+        pending: list[tuple[Path, Path]] = []
         try:
-            if target.stat().st_size == len(data) and target.read_bytes() == data:
-                return False
-        except FileNotFoundError:
-            pass
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+            for relpath, data in files:
+                target = self.path(relpath)
+                if _holds(target, data):
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+                pending.append((tmp, target))
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            for tmp, target in pending:
+                os.replace(tmp, target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise describe_os_error(exc, relpath) from None
-        return True
+        finally:
+            for tmp, _ in pending:
+                tmp.unlink(missing_ok=True)
+        return [str(target.relative_to(self.root)) for _, target in pending]
 
     def delete(self, relpath: str) -> None:
         try:
@@ -173,6 +185,13 @@ class LocalStorage:
 
     def clear_staging(self, subdir: str) -> None:
         shutil.rmtree(self.path(subdir) / STAGING, ignore_errors=True)
+
+
+def _holds(target: Path, data: bytes) -> bool:
+    try:
+        return target.stat().st_size == len(data) and target.read_bytes() == data
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 def open_storage(target: str, create: bool = True) -> LocalStorage:

@@ -19,7 +19,13 @@ import httpx
 import orjson
 
 from condasync import fetch
-from condasync.errors import CondasyncError, StorageError, UpstreamError, UsageError
+from condasync.errors import (
+    EXIT_PARTIAL,
+    CondasyncError,
+    StorageError,
+    UpstreamError,
+    UsageError,
+)
 from condasync.filters import Filters, select
 from condasync.models import FileState, MirrorReport, Plan, Record, Repodata, SubdirReport
 from condasync.plan import build_plan
@@ -42,7 +48,7 @@ from condasync.state import (
     save_files,
     save_meta,
 )
-from condasync.storage import LocalStorage, StagedFile, open_storage
+from condasync.storage import LocalStorage, StagedFile, describe_os_error, open_storage
 from condasync.urls import join, mask, mask_url, normalize_channel, secrets_of
 
 KNOWN_SUBDIRS = (
@@ -117,6 +123,9 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     except KeyboardInterrupt:
         report.error = "interrupted"
         report.exit_code = 130
+    except OSError as exc:
+        report.error = mask(str(describe_os_error(exc, job.target)), secrets)
+        report.exit_code = EXIT_PARTIAL
     if report.exit_code == 0 and any(s.failed for s in report.subdirs):
         report.exit_code = 1
     for sub in report.subdirs:
@@ -349,10 +358,11 @@ def _write_index(
     storage: LocalStorage, subdir: str, data: bytes, job: MirrorJob
 ) -> dict[str, list[int]]:
     """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state."""
-    storage.write_if_changed(f"{subdir}/repodata.json.zst", compress_zst(data, job.zstd_level))
+    files = [(f"{subdir}/repodata.json.zst", compress_zst(data, job.zstd_level))]
     if job.bz2:
-        storage.write_if_changed(f"{subdir}/repodata.json.bz2", bz2.compress(data, 9))
-    storage.write_if_changed(f"{subdir}/repodata.json", data)
+        files.append((f"{subdir}/repodata.json.bz2", bz2.compress(data, 9)))
+    files.append((f"{subdir}/repodata.json", data))
+    storage.publish(files)
     stats = {}
     for name in INDEX_FILES:
         st = storage.stat(f"{subdir}/{name}")
