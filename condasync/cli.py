@@ -108,6 +108,12 @@ def mirror(
     retries: Annotated[
         int | None, typer.Option("--retries", help="Retries per download [default: 3].")
     ] = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="Stat every file against the saved state; re-fetch any gone."
+        ),
+    ] = False,
     zstd_level: Annotated[
         int | None,
         typer.Option("--zstd-level", help="zstd level for repodata.json.zst [default: 3]."),
@@ -145,6 +151,7 @@ def mirror(
                 bz2=write_bz2 or table.get("bz2", False),
                 retries=retries if retries is not None else table.get("retries", 3),
                 zstd_level=zstd_level if zstd_level is not None else table.get("zstd_level", 3),
+                repair=repair,
             )
             if job.jobs < 1 or job.retries < 0 or not 1 <= job.zstd_level <= 22:
                 raise UsageError("--jobs must be >= 1, --retries >= 0, --zstd-level 1..22")

@@ -75,7 +75,7 @@ def make_client(
         follow_redirects=True,
         timeout=httpx.Timeout(timeout, connect=15.0),
         limits=httpx.Limits(max_connections=jobs + 2, max_keepalive_connections=jobs + 2),
-        mounts={"file://": FileTransport()},
+        mounts={"file://localhost": FileTransport()},  # beats NO_PROXY=localhost mounts
         headers={"user-agent": "condasync"},
     )
     return client, url

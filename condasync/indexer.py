@@ -333,19 +333,19 @@ def _published_names(storage: LocalStorage, subdir: str) -> set[str]:
 
 
 def _publish(storage: LocalStorage, subdir: str, records: dict[str, Record]) -> bool:
-    """Write `.zst` (and an existing `.bz2`) before `.json`, each only if its bytes differ."""
+    """Publish `.zst` (and an existing `.bz2`) before `.json`, each only if its content differs."""
     data = dump_repodata(Repodata(info={"subdir": subdir}, records=records, removed=[], version=1))
-    written = False
+    files: list[tuple[str, bytes]] = []
     zst_path = f"{subdir}/repodata.json.zst"
     if _decompressed(storage.read(zst_path), decompress_zst) != data:
-        written |= storage.write_if_changed(zst_path, compress_zst(data))
+        files.append((zst_path, compress_zst(data)))
     bz2_path = f"{subdir}/repodata.json.bz2"
     old_bz2 = storage.read(bz2_path)
     if old_bz2 is not None and _decompressed(old_bz2, bz2.decompress) != data:
-        # a stale .bz2 would disagree with the snapshot; only refresh one that already exists
-        written |= storage.write_if_changed(bz2_path, bz2.compress(data, 9))
-    written |= storage.write_if_changed(f"{subdir}/repodata.json", data)
-    return written
+        # a stale .bz2 would contradict the snapshot; only refresh one that already exists
+        files.append((bz2_path, bz2.compress(data, 9)))
+    files.append((f"{subdir}/repodata.json", data))
+    return bool(storage.publish(files))
 
 
 def _decompressed(blob: bytes | None, decompress: Callable[[bytes], bytes]) -> bytes | None:

@@ -33,6 +33,8 @@ class SubdirMeta:
     upstream_sha256: str | None = None
     options: str = ""  # hash of the options that shape the published index
     published: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
+    dir_mtime_ns: int = 0  # the subdir folder after our last write: a change means files moved
+    complete: bool = True  # False when packages failed: the next run must retry, not no-op
 
 
 def _meta_path(subdir: str) -> str:

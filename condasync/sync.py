@@ -74,6 +74,7 @@ class MirrorJob:
     retries: int = 3
     backoff: float = 0.5
     zstd_level: int = 3
+    repair: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class _Upstream:
     fetched: fetch.IndexFetch
     repodata: Repodata | None  # None when upstream is unchanged and the tree intact
     body_sha256: str | None = None
+    check_files: bool = False  # stat every file in state: something else touched the folder
 
 
 def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
@@ -156,6 +158,12 @@ def _published_intact(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> b
     return True
 
 
+def _folder_untouched(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> bool:
+    """One stat instead of 600k: adding or deleting a file changes its folder's mtime."""
+    st = storage.stat(subdir)
+    return st is not None and st[1] == meta.dir_mtime_ns
+
+
 async def _mirror(
     job: MirrorJob, channel: str, storage: LocalStorage, report: MirrorReport, listen: Listener
 ) -> None:
@@ -163,6 +171,8 @@ async def _mirror(
     async with client:
         channeldata: bytes | None = None
         subdirs = list(dict.fromkeys(job.subdirs))
+        if subdirs and "noarch" not in subdirs:
+            subdirs.append("noarch")  # clients reject a channel without it
         if not subdirs:
             channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
             subdirs = await _discover_subdirs(client, base, channeldata)
@@ -179,11 +189,7 @@ async def _mirror(
             sub = SubdirReport(subdir=upstream.subdir)
             report.subdirs.append(sub)
             await _sync_subdir(job, client, base, storage, upstream, options, sub, listen)
-        if job.dry_run:
-            return
-        if "noarch" not in subdirs and storage.stat("noarch/repodata.json") is None:
-            _write_index(storage, "noarch", dump_repodata(empty_repodata("noarch")), job)
-        if channeldata is not None and _is_json_object(channeldata):
+        if not job.dry_run and channeldata is not None and _is_json_object(channeldata):
             storage.write_if_changed("channeldata.json", channeldata)
 
 
@@ -224,8 +230,13 @@ async def _fetch_upstream(
     options: str,
 ) -> _Upstream:
     meta = load_meta(storage, subdir)
+    untouched = meta is not None and not job.repair and _folder_untouched(storage, subdir, meta)
     intact = (
-        meta is not None and meta.options == options and _published_intact(storage, subdir, meta)
+        meta is not None
+        and untouched
+        and meta.complete
+        and meta.options == options
+        and _published_intact(storage, subdir, meta)
     )
     validators = (meta.source, meta.etag, meta.last_modified) if meta and intact else None
     fetched = await fetch.fetch_index(
@@ -246,7 +257,7 @@ async def _fetch_upstream(
     except ValueError as exc:
         raise UpstreamError(f"invalid upstream repodata: {exc}") from None
     fetched.body = None  # the parsed form is all we need from here on
-    return _Upstream(subdir, meta, fetched, repodata, body_sha256)
+    return _Upstream(subdir, meta, fetched, repodata, body_sha256, check_files=not untouched)
 
 
 async def _sync_subdir(
@@ -260,6 +271,8 @@ async def _sync_subdir(
     listen: Listener,
 ) -> None:
     subdir = upstream.subdir
+    if not job.dry_run:
+        storage.clear_staging(subdir)  # leftovers of a killed run
     if upstream.repodata is None:
         report.unchanged = True
         listen(Event("uptodate", subdir))
@@ -278,6 +291,8 @@ async def _sync_subdir(
     }
     report.filtered = len(valid) - len(wanted)
     local = load_files(storage, subdir)
+    if upstream.check_files:
+        local = {fn: st for fn, st in local.items() if _still_there(storage, subdir, fn, st)}
     removed_upstream = {fn for fn in local if fn not in upstream.repodata.records}
     plan = build_plan(wanted, local, job.keep_removed, removed_upstream)
     if job.dry_run:
@@ -287,7 +302,6 @@ async def _sync_subdir(
         return
     todo = plan.add + plan.replace
     listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn]["size"] for fn in todo)))
-    storage.clear_staging(subdir)
     try:
         package_base = _package_base(join(base, subdir), upstream.repodata.info)
         done, staged = await _download_all(
@@ -313,6 +327,8 @@ async def _sync_subdir(
         files.update(done)
         files.update({fn: local[fn] for fn in report.failed if fn in local})
         save_files(storage, subdir, files)
+        storage.clear_staging(subdir)
+        folder = storage.stat(subdir)
         save_meta(
             storage,
             subdir,
@@ -323,10 +339,16 @@ async def _sync_subdir(
                 upstream_sha256=upstream.body_sha256,
                 options=options,
                 published=stats,
+                complete=not report.failed,
+                dir_mtime_ns=folder[1] if folder else 0,
             ),
         )
     finally:
         storage.clear_staging(subdir)
+
+
+def _still_there(storage: LocalStorage, subdir: str, filename: str, state: FileState) -> bool:
+    return storage.stat(f"{subdir}/{filename}") == (state.size, state.mtime_ns)
 
 
 def _package_base(subdir_url: str, info: dict[str, object]) -> str:

@@ -48,6 +48,8 @@ KINDS = {
 
 @dataclass(frozen=True)
 class Problem:
+    """One finding; `filename` is the package key or index file involved, if any (untrusted)."""
+
     subdir: str
     filename: str | None
     kind: str
@@ -68,6 +70,8 @@ class Problem:
 
 @dataclass
 class VerifyReport:
+    """`files_checked` counts records with a safe key and a checkable record, missing or not."""
+
     dir: str
     subdirs_checked: list[str] = field(default_factory=list)
     files_checked: int = 0
