@@ -307,13 +307,22 @@ async def _sync_subdir(
         done, staged = await _download_all(
             job, client, package_base, storage, subdir, plan, wanted, report, listen
         )
-        for filename, staged_file in staged.items():  # replacements: as late as possible
-            done[filename] = FileState(
-                wanted[filename]["size"], digest_of(wanted[filename]), staged_file.commit()
-            )
         records = {fn: wanted[fn] for fn in plan.keep if fn in wanted}
         records.update({fn: wanted[fn] for fn in done})
         records.update(_kept_removed_records(storage, subdir, plan, wanted))
+        if staged:
+            # Interim index without the files about to change, so no reader ever sees an
+            # index whose record disagrees with the bytes on disk.
+            interim = {fn: r for fn, r in records.items() if fn not in staged}
+            data = await asyncio.to_thread(
+                dump_repodata, publishable(upstream.repodata, subdir, interim)
+            )
+            await asyncio.to_thread(_write_index, storage, subdir, data, job)
+        for filename, staged_file in staged.items():
+            done[filename] = FileState(
+                wanted[filename]["size"], digest_of(wanted[filename]), staged_file.commit()
+            )
+            records[filename] = wanted[filename]
         published = publishable(upstream.repodata, subdir, records)
         data = await asyncio.to_thread(dump_repodata, published)
         stats = await asyncio.to_thread(_write_index, storage, subdir, data, job)
