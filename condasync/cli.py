@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -168,6 +169,21 @@ def mirror(
     raise typer.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes))
 
 
+_T = TypeVar("_T")
+
+
+def _run_on_tree(target: Path, run: Callable[[], _T]) -> _T:
+    """Shared by verify and index: DIR must exist; library errors become one line + exit code."""
+    if not target.is_dir():
+        print(f"error: {target} is not a directory", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        return run()
+    except CondasyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+
+
 @app.command()
 def verify(
     target: Annotated[Path, typer.Argument(metavar="DIR", help="Mirror tree to check.")],
@@ -181,14 +197,7 @@ def verify(
     """Check every indexed file for existence, size and hash; never modifies anything."""
     from condasync.verify import verify_tree
 
-    if not target.is_dir():
-        print(f"error: {target} is not a directory", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE)
-    try:
-        report = verify_tree(target, deep=deep)
-    except CondasyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
+    report = _run_on_tree(target, lambda: verify_tree(target, deep=deep))
     doc = report.to_dict()
     if as_json:
         _emit_json(doc)
@@ -218,14 +227,7 @@ def index_command(
     """Build <subdir>/repodata.json (+ .zst) from the package files in DIR."""
     from condasync.indexer import index_tree
 
-    if not target.is_dir():
-        print(f"error: {target} is not a directory", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE)
-    try:
-        report = index_tree(target, subdirs=subdir or None)
-    except CondasyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
+    report = _run_on_tree(target, lambda: index_tree(target, subdirs=subdir or None))
     doc = report.to_dict()
     if as_json:
         _emit_json(doc)
