@@ -17,8 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from condasync.models import MirrorReport
-from condasync.sync import Event
+from condasync.models import Event, MirrorReport
 
 err = Console(stderr=True, highlight=False)
 

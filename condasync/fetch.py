@@ -251,11 +251,3 @@ async def download(
         raise ChecksumMismatch(f"size mismatch: got {received} bytes, expected {size}")
     if hasher.hexdigest() != expected:
         raise ChecksumMismatch(f"{algo} mismatch")
-
-
-def hash_file(path: str, algo: str) -> str:
-    hasher = hashlib.new(algo)
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            hasher.update(chunk)
-    return hasher.hexdigest()

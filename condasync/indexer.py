@@ -6,7 +6,6 @@ Also owns reading package files: streaming hashes and `info/index.json` (shared 
 from __future__ import annotations
 
 import bz2
-import hashlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,7 @@ import orjson
 from conda_package_streaming.package_streaming import stream_conda_info
 
 from condasync.errors import UsageError
-from condasync.models import Record, Repodata
+from condasync.models import Event, Record, Repodata
 from condasync.repodata import (
     EXTENSIONS,
     check_filename,
@@ -33,6 +32,7 @@ from condasync.repodata import (
 )
 from condasync.state import hold_lock
 from condasync.storage import STATE_DIR, LocalStorage
+from condasync.storage import hash_file as hash_file  # re-exported for callers of this module
 
 CHUNK = 1024 * 1024
 WORKERS = 4
@@ -48,21 +48,6 @@ R = TypeVar("R")
 
 class PackageError(Exception):
     """A package file cannot be read as a conda package; the message says why."""
-
-
-def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
-    """Stream a file once in 1 MiB chunks; return (bytes read, {algorithm: hexdigest})."""
-    hashers = [hashlib.new(name) for name in algorithms]
-    size = 0
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            chunk = view[:n]
-            for hasher in hashers:
-                hasher.update(chunk)
-            size += n
-    return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
 
 
 def read_index_json(path: Path) -> dict[str, Any]:
@@ -141,17 +126,7 @@ def is_package_name(name: str) -> bool:
 # --- building an index ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class IndexEvent:
-    """Progress for listeners: read, skipped, published, uptodate (same field names as sync)."""
-
-    kind: str
-    subdir: str = ""
-    name: str = ""
-    count: int = 0
-    message: str = ""
-
-
+IndexEvent = Event  # the same progress event as mirror
 IndexListener = Callable[[IndexEvent], None]
 
 

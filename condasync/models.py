@@ -22,6 +22,18 @@ class Repodata:
 
 
 @dataclass(frozen=True)
+class Event:
+    """Progress for listeners of mirror and index runs (plan, bytes, file, failed, ...)."""
+
+    kind: str
+    subdir: str = ""
+    name: str = ""
+    size: int = 0
+    count: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
 class FileState:
     """What the last sync verified about one file on the target."""
 

@@ -7,6 +7,7 @@ of validated parts; the backend still refuses anything that would resolve outsid
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import uuid
@@ -16,6 +17,7 @@ from typing import BinaryIO, Protocol
 from condasync.errors import StorageError, UsageError
 
 STAGING = ".condasync-tmp"
+HASH_CHUNK = 1024 * 1024
 STATE_DIR = ".condasync"
 
 
@@ -185,6 +187,21 @@ class LocalStorage:
 
     def clear_staging(self, subdir: str) -> None:
         shutil.rmtree(self.path(subdir) / STAGING, ignore_errors=True)
+
+
+def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
+    """Stream a file once in 1 MiB chunks; return (bytes read, {algorithm: hexdigest})."""
+    hashers = [hashlib.new(name) for name in algorithms]
+    size = 0
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            chunk = view[:n]
+            for hasher in hashers:
+                hasher.update(chunk)
+            size += n
+    return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
 
 
 def _holds(target: Path, data: bytes) -> bool:

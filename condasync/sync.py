@@ -27,7 +27,7 @@ from condasync.errors import (
     UsageError,
 )
 from condasync.filters import Filters, select
-from condasync.models import FileState, MirrorReport, Plan, Record, Repodata, SubdirReport
+from condasync.models import Event, FileState, MirrorReport, Plan, Record, Repodata, SubdirReport
 from condasync.plan import build_plan
 from condasync.repodata import (
     compress_zst,
@@ -48,7 +48,13 @@ from condasync.state import (
     save_files,
     save_meta,
 )
-from condasync.storage import LocalStorage, StagedFile, describe_os_error, open_storage
+from condasync.storage import (
+    LocalStorage,
+    StagedFile,
+    describe_os_error,
+    hash_file,
+    open_storage,
+)
 from condasync.urls import join, mask, mask_url, normalize_channel, secrets_of
 
 KNOWN_SUBDIRS = (
@@ -75,18 +81,6 @@ class MirrorJob:
     backoff: float = 0.5
     zstd_level: int = 3
     repair: bool = False
-
-
-@dataclass(frozen=True)
-class Event:
-    """Progress for listeners: plan, bytes, file, failed, rejected, deleted, published, uptodate."""
-
-    kind: str
-    subdir: str = ""
-    name: str = ""
-    size: int = 0
-    count: int = 0
-    message: str = ""
 
 
 Listener = Callable[[Event], None]
@@ -480,8 +474,8 @@ async def _fetch_one(
     existing = storage.stat(relpath)
     if existing is not None and existing[0] == size:
         # A file an interrupted run already moved into place: adopt it if its bytes are right.
-        actual = await asyncio.to_thread(fetch.hash_file, str(storage.path(relpath)), algo)
-        if actual == expected:
+        _, actual = await asyncio.to_thread(hash_file, storage.path(relpath), (algo,))
+        if actual[algo] == expected:
             return FileState(size, digest, existing[1]), None
     url = join(package_base, filename)
     async for attempt in fetch.retrying(job.retries, job.backoff):

@@ -18,7 +18,6 @@ from condasync.indexer import (
     CHUNK,
     WORKERS,
     PackageError,
-    hash_file,
     is_package_name,
     map_in_order,
     read_index_json,
@@ -26,6 +25,7 @@ from condasync.indexer import (
 )
 from condasync.models import Record
 from condasync.repodata import check_filename, check_record, digest_of, is_subdir, parse_repodata
+from condasync.storage import hash_file
 
 # Every problem kind verify reports. Any problem makes the report not ok (exit 4).
 KINDS = {
