@@ -4,12 +4,16 @@ streaming package downloads with retries."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import hashlib
 import os
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -24,9 +28,11 @@ from tenacity import (
 from condasync.errors import ChecksumMismatch, DownloadError, UpstreamError
 from condasync.repodata import decompress_zst
 from condasync.storage import StagedFile
+from condasync.transport import AiohttpTransport
 from condasync.urls import join, strip_userinfo
 
 CHUNK = 256 * 1024
+BLOCK = 1024 * 1024  # hash-and-write unit of a download
 MAX_RETRY_AFTER = 60.0
 FALLBACK_STATUSES = {400, 404, 405, 410, 501}
 
@@ -65,20 +71,31 @@ class FileTransport(httpx.AsyncBaseTransport):
         return httpx.Response(200, headers=headers, stream=_FileStream(path), request=request)
 
 
-def make_client(
-    channel_url: str, jobs: int, timeout: float = 60.0
-) -> tuple[httpx.AsyncClient, str]:
+def make_client(channel_url: str, jobs: int, timeout: float = 60.0) -> tuple[Client, str]:
     """A client for this channel, and the channel URL with any user:password moved into auth."""
     url, credentials = strip_userinfo(channel_url)
-    client = httpx.AsyncClient(
-        auth=httpx.BasicAuth(*credentials) if credentials else None,
+    auth = httpx.BasicAuth(*credentials) if credentials else None
+    fast_headers = {"user-agent": "condasync"}
+    client = Client(
+        fast=AiohttpTransport(max_connections=jobs + 2),
+        fast_headers=fast_headers,
+        auth=auth,
         follow_redirects=True,
         timeout=httpx.Timeout(timeout, connect=15.0),
-        limits=httpx.Limits(max_connections=jobs + 2, max_keepalive_connections=jobs + 2),
         mounts={"file://localhost": FileTransport()},  # beats NO_PROXY=localhost mounts
-        headers={"user-agent": "condasync"},
+        headers=fast_headers,
     )
+    if credentials:
+        # the bulk path sends the channel's credentials to the channel's own origin only
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        client.auth_origin = _origin(url)
+        client.auth_header = f"Basic {token}"
     return client, url
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/"
 
 
 class RetryableStatus(DownloadError):
@@ -87,8 +104,7 @@ class RetryableStatus(DownloadError):
         self.retry_after = retry_after
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
@@ -123,11 +139,11 @@ def retrying(retries: int, backoff: float) -> AsyncRetrying:
     )
 
 
-def _check_status(response: httpx.Response, what: str) -> None:
-    if response.status_code == 429 or response.status_code >= 500:
-        raise RetryableStatus(f"HTTP {response.status_code} for {what}", _retry_after(response))
-    if response.status_code >= 400:
-        raise DownloadError(f"HTTP {response.status_code} for {what}")
+def _raise_for(status: int, retry_after: str | None, what: str) -> None:
+    if status == 429 or status >= 500:
+        raise RetryableStatus(f"HTTP {status} for {what}", _retry_after(retry_after))
+    if status >= 400:
+        raise DownloadError(f"HTTP {status} for {what}")
 
 
 def describe(exc: BaseException) -> str:
@@ -175,7 +191,8 @@ async def fetch_index(
                     response = await client.get(url, headers=headers)
                     if response.status_code == 429 or response.status_code >= 500:
                         raise RetryableStatus(
-                            f"HTTP {response.status_code}", _retry_after(response)
+                            f"HTTP {response.status_code}",
+                            _retry_after(response.headers.get("retry-after")),
                         )
         except (httpx.TransportError, RetryableStatus) as exc:
             raise UpstreamError(f"cannot fetch {_tail(url)}: {describe(exc)}") from None
@@ -221,6 +238,44 @@ async def exists(client: httpx.AsyncClient, url: str) -> bool:
     return response.status_code == 200
 
 
+class Client(httpx.AsyncClient):
+    """The httpx client, plus direct access to its aiohttp transport for bulk package GETs."""
+
+    def __init__(self, fast: AiohttpTransport, fast_headers: dict[str, str], **kwargs: Any):
+        super().__init__(transport=fast, **kwargs)
+        self.fast = fast
+        self.fast_headers = fast_headers
+        self.auth_origin: str | None = None
+        self.auth_header = ""
+        # With a proxy configured in the environment, every request takes httpx's path,
+        # which applies HTTP(S)_PROXY / NO_PROXY.
+        self.bulk = not urllib.request.getproxies()
+
+    def bulk_headers(self, url: str) -> dict[str, str]:
+        if self.auth_origin is not None and url.startswith(self.auth_origin):
+            return {**self.fast_headers, "authorization": self.auth_header}
+        return self.fast_headers
+
+
+@asynccontextmanager
+async def _stream(client: httpx.AsyncClient, url: str) -> AsyncIterator[AsyncIterator[bytes]]:
+    """GET url and yield its body chunks, raising on a bad status.
+
+    Plain http(s) package GETs skip httpx's request machinery (auth flow, cookies, redirect
+    loop): for a 30 KB file that machinery costs more CPU than the transfer itself
+    (benchmarks/RESULTS.md). Everything else, file:// included, goes through httpx.
+    """
+    if isinstance(client, Client) and client.bulk and url.startswith(("http://", "https://")):
+        async with client.fast.stream_get(url, client.bulk_headers(url), client.timeout) as got:
+            status, headers, chunks = got
+            _raise_for(status, headers.get("retry-after"), _tail(url))
+            yield chunks
+        return
+    async with client.stream("GET", url) as response:
+        _raise_for(response.status_code, response.headers.get("retry-after"), _tail(url))
+        yield response.aiter_bytes()
+
+
 def _tail(url: str) -> str:
     parts = url.rstrip("/").split("/")
     return "/".join(parts[-2:])
@@ -234,19 +289,44 @@ async def download(
     digest: str,
     on_bytes: Callable[[int], None],
 ) -> None:
-    """Stream url into staged, hashing the one digest we check; raise on any mismatch."""
+    """Stream url into staged, hashing the one digest we check; raise on any mismatch.
+
+    Bytes are hashed and written a block at a time in a worker thread, one block behind the
+    network, so hashing and disk writes overlap with receiving (hashlib and file writes
+    release the GIL). Small files are hashed inline.
+    """
     algo, expected = digest.split(":", 1)
     hasher = hashlib.new(algo)
     received = 0
-    async with client.stream("GET", url) as response:
-        _check_status(response, _tail(url))
-        async for chunk in response.aiter_bytes(CHUNK):
-            received += len(chunk)
-            if received > size:
-                raise ChecksumMismatch(f"more bytes than the recorded size {size}")
-            hasher.update(chunk)
-            staged.write(chunk)
-            on_bytes(len(chunk))
+    block = bytearray()
+    pending: asyncio.Future[None] | None = None
+    loop = asyncio.get_running_loop()
+
+    def consume(data: bytes) -> None:
+        hasher.update(data)
+        staged.write(data)
+
+    try:
+        async with _stream(client, url) as chunks:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > size:
+                    raise ChecksumMismatch(f"more bytes than the recorded size {size}")
+                block += chunk
+                on_bytes(len(chunk))
+                if len(block) >= BLOCK:
+                    if pending is not None:
+                        await pending
+                    pending = loop.run_in_executor(None, consume, bytes(block))
+                    block.clear()
+    finally:
+        if pending is not None:
+            await asyncio.wait([pending])  # never leave a thread writing to a discarded file
+            error = pending.exception()
+    if pending is not None and error is not None:
+        raise error  # e.g. disk full while writing the block
+    if block:
+        consume(bytes(block))
     if received != size:
         raise ChecksumMismatch(f"size mismatch: got {received} bytes, expected {size}")
     if hasher.hexdigest() != expected:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 Record = dict[str, Any]
 
@@ -33,9 +36,8 @@ class Event:
     message: str = ""
 
 
-@dataclass(frozen=True)
-class FileState:
-    """What the last sync verified about one file on the target."""
+class FileState(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What the last sync verified about one file on the target (saved as [size, digest, mtime])."""
 
     size: int
     digest: str  # "sha256:<hex>" or "md5:<hex>"
@@ -66,6 +68,13 @@ class SubdirReport:
     filtered: int = 0
     packages: int = 0
     bytes: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+
+    def timed(self, phase: str, started: float) -> float:
+        """Add the time since `started` to a phase; return now, for the next phase."""
+        now = time.monotonic()
+        self.timings[phase] = round(self.timings.get(phase, 0.0) + now - started, 3)
+        return now
 
 
 @dataclass
@@ -103,6 +112,7 @@ class MirrorReport:
             "rejected": merge_dict("rejected"),
             "bytes": sum(s.bytes for s in self.subdirs),
             "seconds": round(self.seconds, 3),
+            "download_seconds": round(sum(s.timings.get("download", 0) for s in self.subdirs), 3),
             "error": self.error,
             "exit_code": self.exit_code,
             "subdirs": {
@@ -116,6 +126,7 @@ class MirrorReport:
                     "filtered": s.filtered,
                     "packages": s.packages,
                     "bytes": s.bytes,
+                    "timings": s.timings,
                 }
                 for s in self.subdirs
             },

@@ -1,13 +1,22 @@
-"""Pure repodata format logic: parse, validate untrusted keys and records, dump, zstd."""
+"""Pure repodata format logic: parse, validate untrusted keys and records, dump, zstd.
+
+Two views of an index. `parse_repodata`/`dump_repodata` give and take plain dicts (used by
+`index`, `verify` and tests). The mirror engine uses `parse_index`/`encode_index`: each record
+stays the upstream's raw JSON bytes (`msgspec.Raw`, spliced into the output unchanged) next to
+a small typed `Lite` view holding just what planning needs, so a 600k-record index is parsed
+and written again without building 600k dicts.
+"""
 
 from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import orjson
 import zstandard
 
@@ -92,7 +101,7 @@ def digest_of(record: Record) -> str:
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     # Parsing creates millions of containers; the cyclic GC would rescan them over and over.
     enabled = gc.isenabled()
     gc.disable()
@@ -106,7 +115,7 @@ def _gc_paused() -> Iterator[None]:
 def parse_repodata(data: bytes, subdir: str) -> Repodata:
     """Parse repodata.json bytes. Raises ValueError on anything that is not a repodata object."""
     try:
-        with _gc_paused():
+        with gc_paused():
             doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"{subdir}/repodata.json is not valid JSON: {exc}") from None
@@ -172,19 +181,24 @@ def dump_repodata(repodata: Repodata) -> bytes:
     doc["removed"] = repodata.removed
     if repodata.version is not None:
         doc["repodata_version"] = repodata.version
-    with _gc_paused():
+    with gc_paused():
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
 
 def compress_zst(data: bytes, level: int = 3) -> bytes:
-    return zstandard.ZstdCompressor(level=level, threads=-1).compress(data)
+    return zstandard.ZstdCompressor(level=level).compress(data)
 
 
 def decompress_zst(data: bytes) -> bytes:
     """Decompress a zstd stream, refusing outputs beyond a sane bound (zip-bomb guard)."""
-    chunks: list[bytes] = []
-    total = 0
     try:
+        size = zstandard.frame_content_size(data)
+        if 0 < size <= MAX_DECOMPRESSED:  # one shot into a buffer of the declared size
+            return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+        if size > MAX_DECOMPRESSED:
+            raise ValueError("decompressed repodata is implausibly large")
+        chunks: list[bytes] = []
+        total = 0
         with zstandard.ZstdDecompressor().stream_reader(data) as reader:
             while chunk := reader.read(16 * 1024 * 1024):
                 total += len(chunk)
@@ -194,3 +208,137 @@ def decompress_zst(data: bytes) -> bytes:
     except zstandard.ZstdError as exc:
         raise ValueError(f"corrupt zstd data: {exc}") from None
     return b"".join(chunks)
+
+
+class Lite(msgspec.Struct, gc=False):
+    """What planning needs of a record: size and hashes. The full record stays raw JSON.
+
+    Kept this small on purpose (600k of them live at once); new and changed records are
+    validated in full with `check_record` on their raw JSON.
+    """
+
+    size: int
+    sha256: str | None = None
+    md5: str | None = None
+
+    @property
+    def digest(self) -> str:
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        return f"md5:{self.md5}"
+
+
+_TOP_KEYS = frozenset({"info", "packages", "packages.conda", "removed", "repodata_version"})
+_raw_section = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_lite_section = msgspec.json.Decoder(dict[str, Lite])
+_lite_record = msgspec.json.Decoder(Lite)
+
+
+@dataclass
+class Index:
+    """An upstream index as the engine holds it.
+
+    `sections` keeps every record's original JSON bytes per section ("packages",
+    "packages.conda"), in upstream order, and `raw` merges them for lookups; `lite` has the
+    typed view of each structurally sound record, and `rejected` says why the others were
+    dropped. Filenames are not validated here: callers check the ones they use.
+    """
+
+    info: dict[str, Any]
+    sections: dict[str, dict[str, msgspec.Raw]]
+    raw: dict[str, msgspec.Raw]
+    lite: dict[str, Lite]
+    rejected: dict[str, str]
+    removed: list[Any] = field(default_factory=list)
+    version: int | None = None
+    extra: dict[str, msgspec.Raw] = field(default_factory=dict)
+
+
+def _raw_of(data: msgspec.Raw | None, where: str) -> dict[str, msgspec.Raw]:
+    if data is None or bytes(data) == b"null":
+        return {}
+    try:
+        return _raw_section.decode(data)
+    except msgspec.ValidationError:
+        raise ValueError(f"{where} has a malformed package section") from None
+
+
+def _lite_of(
+    data: msgspec.Raw | None, raw: dict[str, msgspec.Raw]
+) -> tuple[dict[str, Lite], dict[str, str]]:
+    if not raw or data is None:
+        return {}, {}
+    try:
+        return _lite_section.decode(data), {}
+    except msgspec.ValidationError:
+        pass  # some record is malformed: find which, one by one
+    lite: dict[str, Lite] = {}
+    rejected: dict[str, str] = {}
+    for filename, body in raw.items():
+        try:
+            lite[filename] = _lite_record.decode(body)
+        except msgspec.ValidationError as exc:
+            reason = check_record(msgspec.json.decode(body))
+            rejected[filename] = reason or f"malformed record: {exc}"
+    return lite, rejected
+
+
+def _part(top: dict[str, msgspec.Raw], key: str, kind: type[Any], where: str) -> Any:
+    data = top.get(key)
+    if data is None:
+        return None
+    try:
+        return msgspec.json.decode(data, type=kind | None)
+    except msgspec.ValidationError:
+        raise ValueError(f"{where} has a malformed {key!r}") from None
+
+
+def parse_index(data: bytes, subdir: str) -> Index:
+    """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document."""
+    where = f"{subdir}/repodata.json"
+    try:
+        with gc_paused():
+            top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+            sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
+            raw = {**sections["packages"], **sections["packages.conda"]}
+            # The typed views last, so the memory they take is freed in one piece later.
+            lite: dict[str, Lite] = {}
+            rejected: dict[str, str] = {}
+            for key in PACKAGE_KEYS:
+                part_lite, part_rejected = _lite_of(top.get(key), sections[key])
+                lite.update(part_lite)
+                rejected.update(part_rejected)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            raise ValueError(f"{where} is not a JSON object") from None
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    return Index(
+        info=_part(top, "info", dict[str, Any], where) or {},
+        sections=sections,
+        raw=raw,
+        lite=lite,
+        rejected=rejected,
+        removed=_part(top, "removed", list[Any], where) or [],
+        version=_part(top, "repodata_version", int, where),
+        extra={k: v for k, v in top.items() if k not in _TOP_KEYS},
+    )
+
+
+def encode_index(
+    index: Index, subdir: str, sections: Mapping[str, Mapping[str, msgspec.Raw | Record]]
+) -> bytes:
+    """The index a mirror publishes: upstream's top level (minus base_url) and these sections.
+
+    Records keep their upstream bytes; the result is compact JSON.
+    """
+    info = {k: v for k, v in index.info.items() if k != "base_url"}
+    info["subdir"] = subdir
+    doc: dict[str, Any] = dict(sorted(index.extra.items()))
+    doc["info"] = info
+    for key in PACKAGE_KEYS:
+        doc[key] = sections.get(key, {})
+    doc["removed"] = index.removed
+    if index.version is not None:
+        doc["repodata_version"] = index.version
+    with gc_paused():
+        return msgspec.json.encode(doc)

@@ -13,12 +13,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
+import msgspec
 import orjson
 
 from condasync.errors import LockedError
 from condasync.models import FileState
+from condasync.repodata import gc_paused
 from condasync.storage import STATE_DIR, LocalStorage
 
 GENERATION = 1  # bump when the on-disk state format changes: forces a full re-plan
@@ -63,20 +64,22 @@ def save_meta(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> None:
     )
 
 
+_files_decoder = msgspec.json.Decoder(dict[str, FileState])
+
+
 def load_files(storage: LocalStorage, subdir: str) -> dict[str, FileState]:
     raw = storage.read(_files_path(subdir))
     if raw is None:
         return {}
     try:
-        doc: dict[str, list[Any]] = orjson.loads(raw)
-        return {name: FileState(int(v[0]), str(v[1]), int(v[2])) for name, v in doc.items()}
-    except (orjson.JSONDecodeError, TypeError, ValueError, IndexError, AttributeError):
-        return {}
+        with gc_paused():
+            return _files_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return {}  # unreadable state only costs a re-check of the files
 
 
 def save_files(storage: LocalStorage, subdir: str, files: dict[str, FileState]) -> None:
-    doc = {name: [s.size, s.digest, s.mtime_ns] for name, s in files.items()}
-    storage.write_if_changed(_files_path(subdir), orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    storage.write_if_changed(_files_path(subdir), msgspec.json.encode(files))
 
 
 @contextmanager

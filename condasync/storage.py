@@ -11,6 +11,8 @@ import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -18,6 +20,7 @@ from condasync.errors import StorageError, UsageError
 
 STAGING = ".condasync-tmp"
 HASH_CHUNK = 1024 * 1024
+IN_MEMORY = 1024 * 1024  # staged files up to this size stay in memory until commit
 STATE_DIR = ".condasync"
 
 
@@ -58,7 +61,7 @@ class Storage(Protocol):
     def stage(self, relpath: str) -> StagedFile: ...
     def read(self, relpath: str) -> bytes | None: ...
     def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
-    def publish(self, files: list[tuple[str, bytes]]) -> list[str]: ...
+    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]: ...
     def delete(self, relpath: str) -> None: ...
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
     def open(self, relpath: str) -> BinaryIO: ...
@@ -66,34 +69,52 @@ class Storage(Protocol):
 
 
 class LocalStaged:
-    """A temp file in `<subdir>/.condasync-tmp/`, moved over its target with os.replace."""
+    """A file being written for `target`: held in memory while small, then a temp file in
+    `<subdir>/.condasync-tmp/`, moved over its target with os.replace on commit.
+
+    Small packages never touch the disk until commit, so the engine can do the whole
+    create-write-rename in one worker-thread call.
+    """
 
     def __init__(self, target: Path) -> None:
         self.target = target
-        staging = target.parent / STAGING
-        staging.mkdir(parents=True, exist_ok=True)
-        self.path = staging / f"{target.name}.{uuid.uuid4().hex[:12]}"
-        self._fh: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self.path: Path | None = None
+        self._buf = bytearray()
+        self._fh: BinaryIO | None = None
+
+    def _spill(self) -> BinaryIO:
+        if self._fh is None:
+            staging = self.target.parent / STAGING
+            staging.mkdir(parents=True, exist_ok=True)
+            self.path = staging / f"{self.target.name}.{uuid.uuid4().hex[:12]}"
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._fh.write(self._buf)
+            self._buf = bytearray()
+        return self._fh
 
     def write(self, chunk: bytes) -> None:
-        assert self._fh is not None
         try:
-            self._fh.write(chunk)
+            if self._fh is None and len(self._buf) + len(chunk) <= IN_MEMORY:
+                self._buf += chunk
+            else:
+                self._spill().write(chunk)
         except OSError as exc:
             raise describe_os_error(exc, self.target.name) from None
 
     def close(self) -> None:
-        if self._fh is not None:
-            try:
-                self._fh.close()
-            except OSError as exc:
-                raise describe_os_error(exc, self.target.name) from None
-            finally:
-                self._fh = None
+        """Put the bytes on disk (not yet visible); call from a worker thread."""
+        try:
+            fh = self._spill()
+            self._fh = None
+            fh.close()
+        except OSError as exc:
+            raise describe_os_error(exc, self.target.name) from None
 
     def commit(self) -> int:
         """Move into place atomically; returns the committed file's mtime_ns."""
-        self.close()
+        if self.path is None or self._fh is not None:
+            self.close()
+        assert self.path is not None
         try:
             os.replace(self.path, self.target)
             return self.target.stat().st_mtime_ns
@@ -101,10 +122,12 @@ class LocalStaged:
             raise describe_os_error(exc, self.target.name) from None
 
     def discard(self) -> None:
+        self._buf = bytearray()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        self.path.unlink(missing_ok=True)
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class LocalStorage:
@@ -120,9 +143,20 @@ class LocalStorage:
             raise UsageError(f"target {root} is not a directory")
         self.root = Path(os.path.realpath(root))
         self.label = str(root)
+        self._dirs: dict[str, Path] = {}
 
     def path(self, relpath: str) -> Path:
-        return safe_join(self.root, relpath)
+        """safe_join, with the resolved parent folder cached: one lstat per package, not eight."""
+        head, _, name = relpath.rpartition("/")
+        parent = self._dirs.get(head) if head else None
+        if parent is not None and name not in ("", ".", "..") and "\\" not in name:
+            candidate = parent / name
+            if "\x00" not in name and not os.path.islink(candidate):
+                return candidate
+        path = safe_join(self.root, relpath)
+        if head and head not in self._dirs:
+            self._dirs[head] = safe_join(self.root, head)
+        return path
 
     def stage(self, relpath: str) -> StagedFile:
         target = self.path(relpath)
@@ -141,33 +175,40 @@ class LocalStorage:
         """Atomically replace relpath with data unless it already holds exactly these bytes."""
         return bool(self.publish([(relpath, data)]))
 
-    def publish(self, files: list[tuple[str, bytes]]) -> list[str]:
+    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]:
         """Write each changed file to a temp beside it (fsync), then rename them in order.
 
         All temp files are complete before the first rename, so a full disk fails before any
-        published file changes, and the renames land back to back. Returns what changed.
+        published file changes, and the renames land back to back. Data may be a Future (say,
+        a compression still running): ready files are written first, while it finishes.
+        Returns what changed.
         """
-        pending: list[tuple[Path, Path]] = []
+        pending: dict[int, tuple[Path, Path]] = {}
+        relpath = ""
         try:
-            for relpath, data in files:
+            ready_first = sorted(range(len(files)), key=lambda i: isinstance(files[i][1], Future))
+            for i in ready_first:
+                relpath, data = files[i]
+                if isinstance(data, Future):
+                    data = data.result()
                 target = self.path(relpath)
                 if _holds(target, data):
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-                pending.append((tmp, target))
+                pending[i] = (tmp, target)
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            for tmp, target in pending:
-                os.replace(tmp, target)
+            for i in sorted(pending):
+                os.replace(*pending[i])
         except OSError as exc:
             raise describe_os_error(exc, relpath) from None
         finally:
-            for tmp, _ in pending:
+            for tmp, _ in pending.values():
                 tmp.unlink(missing_ok=True)
-        return [str(target.relative_to(self.root)) for _, target in pending]
+        return [str(pending[i][1].relative_to(self.root)) for i in sorted(pending)]
 
     def delete(self, relpath: str) -> None:
         try:

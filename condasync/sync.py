@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import gc
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any, TypeVar
 from urllib.parse import urljoin
 
 import httpx
+import msgspec
 import orjson
 
 from condasync import fetch
@@ -27,17 +31,20 @@ from condasync.errors import (
     UsageError,
 )
 from condasync.filters import Filters, select
-from condasync.models import Event, FileState, MirrorReport, Plan, Record, Repodata, SubdirReport
-from condasync.plan import build_plan
+from condasync.models import Event, FileState, MirrorReport, Plan, SubdirReport
+from condasync.plan import build_plan, unchanged
 from condasync.repodata import (
+    Index,
+    Lite,
+    check_filename,
+    check_record,
     compress_zst,
-    digest_of,
     dump_repodata,
     empty_repodata,
+    encode_index,
+    gc_paused,
     is_subdir,
-    parse_repodata,
-    partition_records,
-    publishable,
+    parse_index,
 )
 from condasync.state import (
     GENERATION,
@@ -62,6 +69,8 @@ KNOWN_SUBDIRS = (
     "linux-armv7l", "linux-32", "linux-riscv64", "osx-64", "osx-arm64", "win-64", "win-32",
     "win-arm64", "emscripten-wasm32", "wasi-wasm32", "zos-z",
 )  # fmt: skip
+INLINE_BYTES = 256 * 1024  # below this, file work runs on the event loop (measured faster)
+T = TypeVar("T")
 INDEX_FILES = ("repodata.json", "repodata.json.zst")
 
 
@@ -93,9 +102,10 @@ class _Upstream:
     subdir: str
     meta: SubdirMeta | None
     fetched: fetch.IndexFetch
-    repodata: Repodata | None  # None when upstream is unchanged and the tree intact
+    repodata: Index | None  # None when upstream is unchanged and the tree intact
     body_sha256: str | None = None
     check_files: bool = False  # stat every file in state: something else touched the folder
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
@@ -112,7 +122,10 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
             raise UsageError("--jobs must be at least 1")
         storage = open_storage(job.target, create=not job.dry_run)
         with nullcontext() if job.dry_run else hold_lock(storage):
-            asyncio.run(_mirror(job, channel, storage, report, listen))
+            try:
+                asyncio.run(_mirror(job, channel, storage, report, listen))
+            finally:
+                gc.unfreeze()
     except CondasyncError as exc:
         report.error = mask(str(exc), secrets)
         report.exit_code = exc.exit_code
@@ -161,6 +174,8 @@ def _folder_untouched(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> b
 async def _mirror(
     job: MirrorJob, channel: str, storage: LocalStorage, report: MirrorReport, listen: Listener
 ) -> None:
+    # File creation is slow on some filesystems and blocks; let every download have a thread.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max(8, job.jobs)))
     client, base = fetch.make_client(channel, job.jobs)
     async with client:
         channeldata: bytes | None = None
@@ -233,25 +248,31 @@ async def _fetch_upstream(
         and _published_intact(storage, subdir, meta)
     )
     validators = (meta.source, meta.etag, meta.last_modified) if meta and intact else None
+    started = time.monotonic()
     fetched = await fetch.fetch_index(
         client, join(base, subdir), validators, job.retries, job.backoff
     )
+    timings = {"fetch": round(time.monotonic() - started, 3)}
     if fetched.missing:
         if subdir != "noarch":
             raise UpstreamError(f"{subdir}/repodata.json not found upstream (HTTP 404)")
         fetched.body = dump_repodata(empty_repodata("noarch"))
     if fetched.unchanged:
-        return _Upstream(subdir, meta, fetched, None)
+        return _Upstream(subdir, meta, fetched, None, timings=timings)
     assert fetched.body is not None
     body_sha256 = hashlib.sha256(fetched.body).hexdigest()
     if meta is not None and intact and meta.upstream_sha256 == body_sha256:
-        return _Upstream(subdir, meta, fetched, None, body_sha256)
+        return _Upstream(subdir, meta, fetched, None, body_sha256, timings=timings)
+    started = time.monotonic()
     try:
-        repodata = await asyncio.to_thread(parse_repodata, fetched.body, subdir)
+        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir)
     except ValueError as exc:
         raise UpstreamError(f"invalid upstream repodata: {exc}") from None
-    fetched.body = None  # the parsed form is all we need from here on
-    return _Upstream(subdir, meta, fetched, repodata, body_sha256, check_files=not untouched)
+    fetched.body = None  # the records are views into the decompressed body, kept by parse_index
+    timings["parse"] = round(time.monotonic() - started, 3)
+    return _Upstream(
+        subdir, meta, fetched, repodata, body_sha256, check_files=not untouched, timings=timings
+    )
 
 
 async def _sync_subdir(
@@ -276,61 +297,78 @@ async def _sync_subdir(
             upstream.meta.source = upstream.fetched.source
             save_meta(storage, subdir, upstream.meta)
         return
-    valid, rejected = partition_records(upstream.repodata.records)
+    index = upstream.repodata
+    report.timings.update(upstream.timings)
+    clock = time.monotonic()
+    with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
+        local = load_files(storage, subdir)
+        if upstream.check_files:
+            local = {fn: st for fn, st in local.items() if _still_there(storage, subdir, fn, st)}
+        valid, rejected, same = _validate(index, local)
+        selected = _select(index, valid, job.filters, subdir)
+        removed_upstream = local.keys() - index.raw.keys() if job.keep_removed else set()
+        plan = build_plan(selected, local, job.keep_removed, removed_upstream, same)
+        report.filtered = len(valid) - len(selected)
+        # From here on only the records to fetch need their typed view; drop the rest.
+        wanted = {fn: selected[fn] for fn in plan.add + plan.replace}
+        # None: every upstream record is published (the common case; no 600k-name set)
+        published = None if len(selected) == len(index.raw) else set(selected)
+        del valid, selected, same
+        index.lite = {}
+        gc.freeze()  # later collections during downloads need not walk all that again
     for key, reason in rejected.items():
         report.rejected[key] = reason
         listen(Event("rejected", subdir, name=key, message=reason))
-    wanted = {
-        fn: valid[fn] for fn in select(valid, job.filters, subdir, datetime.now(timezone.utc))
-    }
-    report.filtered = len(valid) - len(wanted)
-    local = load_files(storage, subdir)
-    if upstream.check_files:
-        local = {fn: st for fn, st in local.items() if _still_there(storage, subdir, fn, st)}
-    removed_upstream = {fn for fn in local if fn not in upstream.repodata.records}
-    plan = build_plan(wanted, local, job.keep_removed, removed_upstream)
+    clock = report.timed("plan", clock)
     if job.dry_run:
         report.added, report.replaced = list(plan.add), list(plan.replace)
         report.deleted = list(plan.delete)
         report.packages = len(plan.keep) + len(plan.add) + len(plan.replace)
         return
     todo = plan.add + plan.replace
-    listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn]["size"] for fn in todo)))
+    listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn].size for fn in todo)))
+    kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
     try:
-        package_base = _package_base(join(base, subdir), upstream.repodata.info)
+        package_base = _package_base(join(base, subdir), index.info)
         done, staged = await _download_all(
             job, client, package_base, storage, subdir, plan, wanted, report, listen
         )
-        records = {fn: wanted[fn] for fn in plan.keep if fn in wanted}
-        records.update({fn: wanted[fn] for fn in done})
-        records.update(_kept_removed_records(storage, subdir, plan, wanted))
+        clock = report.timed("download", clock)
+        skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
         if staged:
             # Interim index without the files about to change, so no reader ever sees an
-            # index whose record disagrees with the bytes on disk.
-            interim = {fn: r for fn, r in records.items() if fn not in staged}
-            data = await asyncio.to_thread(
-                dump_repodata, publishable(upstream.repodata, subdir, interim)
-            )
+            # index whose record disagrees with the bytes on disk. Until now readers saw
+            # the old snapshot, old files included.
+            interim = skip | set(staged)
+            data = await asyncio.to_thread(_encode, index, subdir, published, interim, kept_removed)
             await asyncio.to_thread(_write_index, storage, subdir, data, job)
-        for filename, staged_file in staged.items():
-            done[filename] = FileState(
-                wanted[filename]["size"], digest_of(wanted[filename]), staged_file.commit()
-            )
-            records[filename] = wanted[filename]
-        published = publishable(upstream.repodata, subdir, records)
-        data = await asyncio.to_thread(dump_repodata, published)
+            del data
+            clock = report.timed("interim", clock)
+        mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
+        for filename, mtime_ns in zip(staged, mtimes, strict=True):
+            record = wanted[filename]
+            done[filename] = FileState(record.size, record.digest, mtime_ns)
+        clock = report.timed("commit", clock)
+        data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
         stats = await asyncio.to_thread(_write_index, storage, subdir, data, job)
-        listen(Event("published", subdir, count=len(records)))
-        report.packages = len(records)
+        del data
+        clock = report.timed("publish", clock)
+        total = len(index.raw) if published is None else len(published)
+        report.packages = total - len(skip) + len(kept_removed)
+        listen(Event("published", subdir, count=report.packages))
+        await asyncio.to_thread(_delete_all, storage, subdir, plan.delete)
+        clock = report.timed("delete", clock)
         for filename in plan.delete:
-            storage.delete(f"{subdir}/{filename}")
             report.deleted.append(filename)
             listen(Event("deleted", subdir, name=filename))
-        files = {fn: local[fn] for fn in plan.keep}
-        files.update(done)
-        files.update({fn: local[fn] for fn in report.failed if fn in local})
-        save_files(storage, subdir, files)
+        # Local state minus deletions, plus what we fetched; a failed replacement keeps
+        # its old entry (its old bytes are still there).
+        for filename in plan.delete:
+            del local[filename]
+        local.update(done)
+        save_files(storage, subdir, local)
         storage.clear_staging(subdir)
+        report.timed("state", clock)
         folder = storage.stat(subdir)
         save_meta(
             storage,
@@ -362,32 +400,94 @@ def _package_base(subdir_url: str, info: dict[str, object]) -> str:
     return subdir_url
 
 
+def _validate(
+    index: Index, local: dict[str, FileState]
+) -> tuple[dict[str, Lite], dict[str, str], set[str]]:
+    """Records safe to mirror, why the others are not, and which match our files already.
+
+    A record that matches a file we already verified (same name, size and digest) passed these
+    checks on an earlier run; only new and changed records are checked again.
+    """
+    same = unchanged(index.lite, local)
+    rejected = dict(index.rejected)
+    for filename in index.lite.keys() - same:
+        reason = check_filename(filename) or check_record(msgspec.json.decode(index.raw[filename]))
+        if reason is not None:
+            rejected[filename] = reason
+    if len(rejected) == len(index.rejected):
+        return index.lite, rejected, same
+    valid = {fn: lite for fn, lite in index.lite.items() if fn not in rejected}
+    return valid, rejected, same
+
+
+def _select(index: Index, valid: dict[str, Lite], filters: Filters, subdir: str) -> dict[str, Lite]:
+    if not filters.active:
+        return valid
+    full = {fn: msgspec.json.decode(index.raw[fn]) for fn in valid}  # MatchSpecs see whole records
+    chosen = select(full, filters, subdir, datetime.now(timezone.utc))
+    return {fn: lite for fn, lite in valid.items() if fn in chosen}
+
+
+def _encode(
+    index: Index,
+    subdir: str,
+    published: set[str] | None,
+    skip: set[str],
+    kept_removed: dict[str, msgspec.Raw],
+) -> bytes:
+    """The index to publish: `published` records but `skip`, in upstream order, then kept ones."""
+    sections: dict[str, dict[str, msgspec.Raw]] = {}
+    for key, records in index.sections.items():
+        if published is not None:
+            records = {fn: r for fn, r in records.items() if fn in published and fn not in skip}
+        elif skip:
+            records = {fn: r for fn, r in records.items() if fn not in skip}
+        sections[key] = records
+    for filename, raw in kept_removed.items():
+        key = "packages.conda" if filename.endswith(".conda") else "packages"
+        sections[key] = {**sections[key], filename: raw}
+    return encode_index(index, subdir, sections)
+
+
+def _delete_all(storage: LocalStorage, subdir: str, filenames: tuple[str, ...]) -> None:
+    for filename in filenames:
+        storage.delete(f"{subdir}/{filename}")
+
+
 def _kept_removed_records(
-    storage: LocalStorage, subdir: str, plan: Plan, wanted: dict[str, Record]
-) -> dict[str, Record]:
+    storage: LocalStorage, subdir: str, plan: Plan, index: Index, keep_removed: bool
+) -> dict[str, msgspec.Raw]:
     """--keep-removed: records upstream dropped come from the index we published last time."""
-    kept = [fn for fn in plan.keep if fn not in wanted]
+    if not keep_removed:
+        return {}
+    kept = [fn for fn in plan.keep if fn not in index.raw]
     if not kept:
         return {}
     raw = storage.read(f"{subdir}/repodata.json")
     if raw is None:
         return {}
     try:
-        previous = parse_repodata(raw, subdir).records
+        previous = parse_index(raw, subdir).raw
     except ValueError:
         return {}
-    return {fn: previous[fn] for fn in kept if fn in previous}
+    return {fn: previous[fn] for fn in sorted(kept) if fn in previous}
 
 
 def _write_index(
     storage: LocalStorage, subdir: str, data: bytes, job: MirrorJob
 ) -> dict[str, list[int]]:
-    """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state."""
-    files = [(f"{subdir}/repodata.json.zst", compress_zst(data, job.zstd_level))]
-    if job.bz2:
-        files.append((f"{subdir}/repodata.json.bz2", bz2.compress(data, 9)))
-    files.append((f"{subdir}/repodata.json", data))
-    storage.publish(files)
+    """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state.
+
+    Compression runs in its own thread while the JSON temp file is written.
+    """
+    with ThreadPoolExecutor(2) as pool:
+        files: list[tuple[str, bytes | Future[bytes]]] = [
+            (f"{subdir}/repodata.json.zst", pool.submit(compress_zst, data, job.zstd_level))
+        ]
+        if job.bz2:
+            files.append((f"{subdir}/repodata.json.bz2", pool.submit(bz2.compress, data, 9)))
+        files.append((f"{subdir}/repodata.json", data))
+        storage.publish(files)
     stats = {}
     for name in INDEX_FILES:
         st = storage.stat(f"{subdir}/{name}")
@@ -403,7 +503,7 @@ async def _download_all(
     storage: LocalStorage,
     subdir: str,
     plan: Plan,
-    wanted: dict[str, Record],
+    wanted: dict[str, Lite],
     report: SubdirReport,
     listen: Listener,
 ) -> tuple[dict[str, FileState], dict[str, StagedFile]]:
@@ -437,7 +537,7 @@ async def _download_all(
                 assert state is not None
                 done[filename] = state
             (report.replaced if filename in replacing else report.added).append(filename)
-            listen(Event("file", subdir, name=filename, size=record["size"]))
+            listen(Event("file", subdir, name=filename, size=record.size))
 
     tasks = [
         asyncio.ensure_future(worker())
@@ -464,29 +564,46 @@ async def _fetch_one(
     storage: LocalStorage,
     subdir: str,
     filename: str,
-    record: Record,
+    record: Lite,
     replace: bool,
     on_bytes: Callable[[int], None],
 ) -> tuple[FileState | None, StagedFile | None]:
     relpath = f"{subdir}/{filename}"
-    size, digest = record["size"], digest_of(record)
+    size, digest = record.size, record.digest
     algo, expected = digest.split(":", 1)
-    existing = storage.stat(relpath)
-    if existing is not None and existing[0] == size:
-        # A file an interrupted run already moved into place: adopt it if its bytes are right.
-        _, actual = await asyncio.to_thread(hash_file, storage.path(relpath), (algo,))
-        if actual[algo] == expected:
-            return FileState(size, digest, existing[1]), None
+    adopted = await _maybe_thread(size, _adopt, storage, relpath, size, algo, expected)
+    if adopted is not None:
+        return FileState(size, digest, adopted), None
     url = join(package_base, filename)
     async for attempt in fetch.retrying(job.retries, job.backoff):
         with attempt:
             staged = storage.stage(relpath)
             try:
                 await fetch.download(client, url, staged, size, digest, on_bytes)
-                staged.close()
+                # one worker-thread call puts the bytes on disk (and in place, for an add)
+                if replace:
+                    await _maybe_thread(size, staged.close)
+                else:
+                    mtime_ns = await _maybe_thread(size, staged.commit)
             except BaseException:
                 staged.discard()
                 raise
     if replace:
         return None, staged
-    return FileState(size, digest, staged.commit()), None
+    return FileState(size, digest, mtime_ns), None
+
+
+async def _maybe_thread(size: int, func: Callable[..., T], *args: Any) -> T:
+    """Small-file work runs inline (a thread hand-off costs more); big files go to a thread."""
+    if size <= INLINE_BYTES:
+        return func(*args)
+    return await asyncio.to_thread(func, *args)
+
+
+def _adopt(storage: LocalStorage, relpath: str, size: int, algo: str, expected: str) -> int | None:
+    """A file an interrupted run already moved into place: keep it if its bytes are right."""
+    existing = storage.stat(relpath)
+    if existing is None or existing[0] != size:
+        return None
+    _, actual = hash_file(storage.path(relpath), (algo,))
+    return existing[1] if actual[algo] == expected else None

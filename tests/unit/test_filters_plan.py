@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import msgspec
 import pytest
 
 from condasync.filters import Filters, parse_cutoff, select
 from condasync.models import FileState
 from condasync.plan import build_plan
+from condasync.repodata import Lite
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 DAY_MS = 86_400_000
@@ -107,7 +109,8 @@ def test_cutoff_values() -> None:
 
 
 def test_plan() -> None:
-    wanted = dict([rec("a", "1"), rec("b", "1"), rec("c", "1", sha256="c" * 64)])
+    records = dict([rec("a", "1"), rec("b", "1"), rec("c", "1", sha256="c" * 64)])
+    wanted = {fn: msgspec.convert(r, Lite) for fn, r in records.items()}
     local = {
         "b-1-0.conda": FileState(1, "sha256:" + "a" * 64),
         "c-1-0.conda": FileState(1, "sha256:" + "a" * 64),
