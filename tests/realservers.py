@@ -224,7 +224,9 @@ def run_seaweedfs(weed: str, root: Path, startup_timeout: float = 60) -> Iterato
         stop_process(proc, signal.SIGTERM, timeout=15)
 
 
-def _wait_for_s3(server: S3Server, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+def _wait_for_s3(
+    server: S3Server, proc: subprocess.Popen[bytes], timeout: float, log: Path
+) -> None:
     """The port opens before the filer is ready: wait until a bucket can be created."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -257,7 +259,16 @@ class PostgresServer:
         """A new empty database; returns its URL."""
         name = name or f"db_{uuid.uuid4().hex[:12]}"
         subprocess.run(
-            [str(PG_BIN / "createdb"), "-h", self.host, "-p", str(self.port), "-U", self.user, name],
+            [
+                str(PG_BIN / "createdb"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                name,
+            ],
             check=True,
             capture_output=True,
             timeout=30,
@@ -293,9 +304,9 @@ def run_postgres(startup_timeout: float = 60) -> Iterator[PostgresServer]:
     data, sockets, log = root / "data", root / "sock", root / "postgres.log"
     env = {**os.environ, "LC_ALL": "C", "LANG": "C"}
     try:
+        initdb = [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust"]
         subprocess.run(
-            [str(PG_BIN / "initdb"), "-D", str(data), "-U", PG_USER, "-A", "trust"]
-            + ["-E", "UTF8", "--locale=C", "--no-sync"],
+            [*initdb, "-E", "UTF8", "--locale=C", "--no-sync"],
             check=True,
             capture_output=True,
             timeout=120,
