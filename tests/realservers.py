@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -404,3 +405,66 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """A URL to a new, empty database on the session's PostgreSQL server."""
     return postgres_server.create_database()
+
+
+# --- nginx ------------------------------------------------------------------------------------
+
+NGINX_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "nginx.conf"
+NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.path.isfile(p)), None
+    )
+
+
+def render_nginx_conf(example: str, prefix: Path, root: Path, port: int) -> str:
+    """examples/nginx.conf with its placeholders pointed at a temp prefix, a tree and a port."""
+    replacements = {
+        r"^user .*;$": "user root;" if os.geteuid() == 0 else "# user: not root, runs as us",
+        r"^pid .*;$": f"pid {prefix}/logs/nginx.pid;",
+        r"^error_log .*;$": f"error_log {prefix}/logs/error.log warn;",
+        r"^(\s*)access_log .*;$": rf"\g<1>access_log {prefix}/logs/access.log;",
+        r"^(\s*)listen 127\.0\.0\.1:8080;": rf"\g<1>listen 127.0.0.1:{port};",
+        r"^(\s*)root /srv/conda-mirror;": rf"\g<1>root {root};",
+        r"^http \{$": "http {\n"
+        + "".join(f"    {d}_temp_path {prefix}/tmp/{d};\n" for d in NGINX_TEMP_DIRS),
+    }
+    for pattern, replacement in replacements.items():
+        example, n = re.subn(pattern, replacement, example, count=1, flags=re.MULTILINE)
+        assert n == 1, f"examples/nginx.conf no longer has a line matching {pattern!r}"
+    return example
+
+
+@dataclass
+class NginxServer:
+    url: str
+    port: int
+    prefix: Path
+    pid: int
+
+
+@contextlib.contextmanager
+def run_nginx(nginx: str, root: Path, prefix: Path, timeout: float = 30) -> Iterator[NginxServer]:
+    """nginx with examples/nginx.conf serving `root`, under `prefix`, never touching /etc
+    (it only reads /etc/nginx/mime.types); stopped with QUIT to its PID."""
+    for sub in ("conf", "logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = render_nginx_conf(NGINX_EXAMPLE.read_text(), prefix, root, port)
+    (prefix / "conf" / "nginx.conf").write_text(conf)
+    log = prefix / "logs" / "error.log"
+    args = [nginx, "-p", f"{prefix}/", "-c", "conf/nginx.conf", "-e", "logs/error.log"]
+    check = subprocess.run([*args, "-t"], capture_output=True, text=True, timeout=timeout)
+    if check.returncode != 0:
+        raise RuntimeError(f"nginx -t rejected the config:\n{check.stderr}\n{conf}")
+    with open(prefix / "logs" / "stdout.log", "wb") as out:
+        proc = subprocess.Popen(
+            [*args, "-g", "daemon off;"], stdout=out, stderr=subprocess.STDOUT, cwd=prefix
+        )
+    try:
+        wait_for_port(port, proc, timeout, log)
+        yield NginxServer(f"http://127.0.0.1:{port}", port, prefix, proc.pid)
+    finally:
+        stop_process(proc, signal.SIGQUIT, timeout=10)  # QUIT: graceful shutdown
