@@ -238,7 +238,9 @@ class S3Storage:
         self.label = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.part_size = part_size
         self.max_concurrency = max_concurrency
-        self.endpoint = endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+        self.endpoint = (
+            endpoint or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        )
         self.region = (
             region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
         )
@@ -315,6 +317,11 @@ class S3Storage:
                 raise self._denied(what, exc) from None
             if code and code.group(1) == "NoSuchBucket":
                 raise self._no_bucket() from None
+            if "169.254.169.254" in str(exc) or "credential" in str(exc).lower():
+                raise S3AccessError(
+                    f"{self.label}: no usable S3 credentials while {what}; set "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ) from None
             if _unreachable(exc) and "<Code>" not in str(exc):
                 raise S3AccessError(
                     f"{self.label}: cannot reach the object store "

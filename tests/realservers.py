@@ -35,7 +35,7 @@ from tests.servers import free_port
 S3_ACCESS_KEY = "testaccesskey"
 S3_SECRET_KEY = "testsecretkey123"
 S3_REGION = "us-east-1"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_ROOT = Path("/usr/lib/postgresql")  # Debian: /usr/lib/postgresql/<major>/bin
 PG_USER = "condasync"
 PG_DATABASE = "condasync_test"
 
@@ -277,10 +277,19 @@ class PostgresServer:
         return self.url_for(name)
 
 
+def find_pg_bin() -> Path | None:
+    """The newest Debian PostgreSQL server's bin folder (15 on Debian 12)."""
+    found = [p.parent for p in PG_ROOT.glob("*/bin/postgres") if p.parent.parent.name.isdigit()]
+    return max(found, key=lambda p: int(p.parent.name)) if found else None
+
+
+PG_BIN = find_pg_bin() or PG_ROOT / "15" / "bin"
+
+
 def postgres_missing() -> str | None:
     if not (PG_BIN / "postgres").is_file():
         return (
-            f"PostgreSQL 15 server not found in {PG_BIN} "
+            f"PostgreSQL server not found in {PG_ROOT}/*/bin "
             "(apt-get install -y --no-install-recommends postgresql)"
         )
     if os.geteuid() == 0:
@@ -393,7 +402,7 @@ def s3_bucket(s3_server: S3Server) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL 15 server for the session; .url names an empty database `condasync_test`."""
+    """A PostgreSQL server for the session; .url names an empty database `condasync_test`."""
     reason = postgres_missing()
     if reason:
         pytest.skip(reason)
