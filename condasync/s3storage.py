@@ -1,6 +1,6 @@
 """The S3 backend of the storage interface (obstore): a mirror tree as objects under
-`s3://bucket/prefix`, streamed multipart uploads, a lock object taken by conditional PUT with an
-expiry, and a count of the requests that write (so a test can prove a no-op run writes nothing).
+`s3://bucket/prefix`, streamed multipart uploads, no PUT for unchanged bytes, and a count of the
+requests that write (so a test can prove a no-op run writes nothing). The lock is in s3lock.py.
 """
 
 from __future__ import annotations
@@ -11,17 +11,13 @@ import hashlib
 import io
 import os
 import re
-import socket
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import obstore
-import orjson
 from obstore.exceptions import (
     AlreadyExistsError,
     BaseError,
@@ -34,13 +30,16 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from condasync.errors import EXIT_USAGE, LockedError, StorageError, UpstreamError, UsageError
-from condasync.storage import HASH_CHUNK, STATE_DIR, SafetyError, StagedFile
+from condasync import s3lock
+from condasync.errors import StorageError, UpstreamError, UsageError
+from condasync.s3lock import NO_LOCK_FLAG as NO_LOCK_FLAG  # re-exported for the CLI
+from condasync.s3lock import ConditionalWriteUnsupported as ConditionalWriteUnsupported
+from condasync.s3lock import S3Lock
+from condasync.storage import HASH_CHUNK, SafetyError, StagedFile, Storage
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta, WritableFile
 
-NO_LOCK_FLAG = "--s3-no-lock"
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -62,28 +61,12 @@ class S3AccessError(UpstreamError):
     """The object store refused our credentials, has no such bucket, or cannot be reached."""
 
 
-class ConditionalWriteUnsupported(StorageError):
-    """The store ignores or rejects `If-None-Match: *`, so it cannot hold our lock."""
-
-    exit_code = EXIT_USAGE
-
-
 @dataclass(frozen=True)
 class S3Object:
     relpath: str  # relative to the prefix
     size: int
     mtime_ns: int
     etag: str | None
-
-
-@dataclass(frozen=True)
-class S3Lock:
-    """A held lock: the object's key, our token in its body, the ETag we wrote, the expiry."""
-
-    key: str
-    token: str
-    etag: str | None
-    expires: float
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
@@ -446,58 +429,21 @@ class S3Storage:
                 size += len(chunk)
         return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
 
-    # --- the lock ---------------------------------------------------------------------------
+    # --- the lock (condasync/s3lock.py) ----------------------------------------------------
 
     def acquire_lock(self, name: str = "lock", ttl_seconds: float = 3600.0) -> S3Lock:
         """Create `prefix/.condasync/<name>` with `If-None-Match: *`; its body names the holder
         and an expiry. An expired lock is taken over with `If-Match: <its ETag>`. LockedError when
         another run holds it; ConditionalWriteUnsupported when the store cannot do this."""
-        relpath = f"{STATE_DIR}/{name}"
-        for _ in range(3):
-            token = uuid.uuid4().hex
-            expires = time.time() + ttl_seconds
-            body = orjson.dumps(
-                {"token": token, "host": socket.gethostname(), "pid": os.getpid()}
-                | {"acquired": time.time(), "expires": expires}
-            )
-            try:
-                etag = self._lock_put(relpath, body, "create")
-            except AlreadyExistsError:
-                held = self._read_lock(relpath)
-                if held is None:
-                    continue  # released in between: try to create it again
-                doc, current_etag = held
-                if time.time() < doc.get("expires", 0):
-                    raise LockedError(_locked_message(self.label, doc)) from None
-                try:
-                    etag = self._lock_put(relpath, body, {"e_tag": current_etag})
-                except (PreconditionError, AlreadyExistsError):
-                    continue  # another run took over the expired lock first
-                return S3Lock(self.key(relpath), token, etag, expires)
-            self._ensure_create_refused(relpath, body)
-            return S3Lock(self.key(relpath), token, etag, expires)
-        raise LockedError(f"{self.label} is locked by another condasync run; try again later")
+        return s3lock.acquire(self, name, ttl_seconds)
 
     def renew_lock(self, lock: S3Lock, ttl_seconds: float = 3600.0) -> S3Lock:
         """Push the expiry out (a long run); LockedError when the lock is no longer ours."""
-        relpath = lock.key[len(self.prefix) + 1 :] if self.prefix else lock.key
-        expires = time.time() + ttl_seconds
-        body = orjson.dumps(
-            {"token": lock.token, "host": socket.gethostname(), "pid": os.getpid()}
-            | {"acquired": time.time(), "expires": expires}
-        )
-        try:
-            etag = self._lock_put(relpath, body, {"e_tag": lock.etag})
-        except PreconditionError:
-            raise LockedError(f"{self.label}: our lock expired and was taken over") from None
-        return S3Lock(lock.key, lock.token, etag, expires)
+        return s3lock.renew(self, lock, ttl_seconds)
 
     def release_lock(self, lock: S3Lock) -> None:
         """Delete the lock object if it still holds our token (after expiry it may not)."""
-        relpath = lock.key[len(self.prefix) + 1 :] if self.prefix else lock.key
-        held = self._read_lock(relpath)
-        if held is not None and held[0].get("token") == lock.token:
-            self.delete(relpath)
+        s3lock.release(self, lock)
 
     @contextlib.contextmanager
     def hold_lock(self, name: str = "lock", ttl_seconds: float = 3600.0) -> Iterator[S3Lock]:
@@ -507,57 +453,8 @@ class S3Storage:
         finally:
             self.release_lock(lock)
 
-    def _lock_put(self, relpath: str, body: bytes, mode: Any) -> str | None:
-        self.count("lock_put")
-        try:
-            with self.translate(f"taking the lock {relpath}"):
-                return obstore.put(self.store, self.key(relpath), body, mode=mode)["e_tag"]
-        except NotSupportedError:
-            raise ConditionalWriteUnsupported(_no_conditional_message(self.label)) from None
-        except StorageError as exc:
-            if re.search(r"\b501\b|NotImplemented", str(exc)):
-                raise ConditionalWriteUnsupported(_no_conditional_message(self.label)) from None
-            raise
 
-    def _ensure_create_refused(self, relpath: str, body: bytes) -> None:
-        """A store that ignores `If-None-Match` would let two runs both "create" the lock: prove
-        this one refuses a second create (412) before trusting it."""
-        try:
-            self._lock_put(relpath, body, "create")
-        except AlreadyExistsError:
-            return
-        self.delete(relpath)
-        raise ConditionalWriteUnsupported(_no_conditional_message(self.label))
+if TYPE_CHECKING:  # mypy proves both classes satisfy the protocols the engine uses
 
-    def _read_lock(self, relpath: str) -> tuple[dict[str, Any], str | None] | None:
-        self.count("get")
-        try:
-            with self.translate(f"reading the lock {relpath}"):
-                result = obstore.get(self.store, self.key(relpath))
-                raw = bytes(result.bytes())
-        except FileNotFoundError:
-            return None
-        try:
-            doc = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            doc = {}
-        if not isinstance(doc, dict) or not isinstance(doc.get("expires"), (int, float)):
-            doc = {"expires": 0}  # unreadable: treat as expired
-        return doc, result.meta["e_tag"]
-
-
-def _locked_message(label: str, doc: dict[str, Any]) -> str:
-    until = datetime.datetime.fromtimestamp(float(doc["expires"]), datetime.timezone.utc)
-    holder = f"{doc.get('host', '?')} pid {doc.get('pid', '?')}"
-    return (
-        f"{label} is locked by another condasync run ({holder}, until "
-        f"{until:%Y-%m-%d %H:%M:%S} UTC); try again later"
-    )
-
-
-def _no_conditional_message(label: str) -> str:
-    return (
-        f"{label}: this object store does not support conditional writes (If-None-Match: *), "
-        f"so condasync cannot lock it; pass {NO_LOCK_FLAG} to go on without a lock if you are "
-        "sure no other run writes to this prefix"
-    )
+    def _conforms(storage: S3Storage, staged: S3Staged) -> tuple[Storage, StagedFile]:
+        return storage, staged
