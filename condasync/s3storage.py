@@ -89,7 +89,8 @@ def _safe_relpath(relpath: str) -> bool:
 
 
 def _mtime_ns(moment: datetime.datetime) -> int:
-    return (moment - _EPOCH) // datetime.timedelta(microseconds=1) * 1000
+    # whole seconds: HEAD's Last-Modified has no fraction, LIST's may; both must compare equal
+    return (moment - _EPOCH) // datetime.timedelta(seconds=1) * 1_000_000_000
 
 
 def _describe(exc: BaseException) -> str:

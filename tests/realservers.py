@@ -207,7 +207,12 @@ def run_seaweedfs(weed: str, root: Path, startup_timeout: float = 60) -> Iterato
     log = root / "weed.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=root
+            args,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=root,
+            env={**os.environ, "TMPDIR": str(root)},  # its gRPC sockets go there, not in /tmp
         )
     try:
         wait_for_port(s3_port, proc, startup_timeout, log)
