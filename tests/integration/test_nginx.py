@@ -12,8 +12,6 @@ import pytest
 from tests.conftest import mirror_args, ok
 from tests.realservers import NginxServer, find_nginx, run_nginx
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture
 def nginx_mirror(
