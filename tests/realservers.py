@@ -10,6 +10,7 @@ import contextlib
 import datetime
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import pwd
@@ -20,12 +21,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -243,6 +246,104 @@ def _wait_for_s3(
                 return
         time.sleep(0.1)
     raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s:\n{tail(log)}")
+
+
+class S3Proxy:
+    """A plain HTTP proxy in front of the S3 server that records every request (so a test can
+    count the PUTs of another process) and can fake a store without conditional writes:
+    `conditional_put="ignore"` answers 200 to a PUT with If-None-Match/If-Match without storing
+    it (as stores that ignore the header do), "reject" answers 501 NotImplemented."""
+
+    def __init__(self, upstream: str, conditional_put: str | None = None) -> None:
+        self.host, port = upstream.split("://", 1)[1].rsplit(":", 1)
+        self.port = int(port)
+        self.conditional_put = conditional_put
+        self.requests: list[ProxiedRequest] = []
+        self._lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _make_proxy_handler(self))
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> S3Proxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def record(self, request: ProxiedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def puts(self, exclude_suffix: str | None = None) -> list[str]:
+        """Paths of the PUT requests seen (optionally leaving out keys ending in a suffix)."""
+        with self._lock:
+            return [
+                r.path
+                for r in self.requests
+                if r.method == "PUT" and not (exclude_suffix and r.key.endswith(exclude_suffix))
+            ]
+
+
+@dataclass
+class ProxiedRequest:
+    method: str
+    path: str  # /bucket/key?query
+    conditional: bool
+    status: int = 0
+
+    @property
+    def key(self) -> str:
+        return self.path.split("?", 1)[0]
+
+
+def _make_proxy_handler(proxy: S3Proxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def _forward(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            conditional = bool(self.headers.get("If-None-Match") or self.headers.get("If-Match"))
+            entry = ProxiedRequest(self.command, self.path, conditional)
+            proxy.record(entry)
+            if self.command == "PUT" and conditional and proxy.conditional_put == "ignore":
+                entry.status = 200
+                return self._reply(200, b"", {"ETag": '"0"'})
+            if self.command == "PUT" and conditional and proxy.conditional_put == "reject":
+                xml = b"<Error><Code>NotImplemented</Code><Message>no</Message></Error>"
+                entry.status = 501
+                return self._reply(501, xml, {"Content-Type": "application/xml"})
+            conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=60)
+            try:
+                conn.request(self.command, self.path, body or None, dict(self.headers.items()))
+                response = conn.getresponse()
+                data = response.read()
+                entry.status = response.status
+                self._reply(response.status, data, dict(response.getheaders()))
+            finally:
+                conn.close()
+
+        def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            length = {k.lower(): v for k, v in headers.items()}.get("content-length")
+            if self.command != "HEAD" or length is None:
+                length = str(len(body))  # a HEAD keeps the object's length
+            self.send_response(status)
+            for k, v in headers.items():
+                if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", length)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
+
+    return Handler
 
 
 # --- PostgreSQL -------------------------------------------------------------------------------

@@ -4,12 +4,9 @@ and clear errors for wrong credentials, a missing bucket and stores without cond
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -23,7 +20,7 @@ from condasync.s3storage import (
     parse_s3_url,
 )
 from condasync.storage import SafetyError
-from tests.realservers import S3Server
+from tests.realservers import S3Proxy, S3Server
 from tests.servers import free_port
 
 MiB = 1024 * 1024
@@ -228,74 +225,22 @@ def test_unreadable_lock_counts_as_expired(storage: S3Storage) -> None:
     storage.release_lock(lock)
 
 
-class _FaultProxy:
-    """Forwards to the real S3 server, except conditional PUTs of the lock: `ignore` answers
-    200 without storing (a store that ignores If-None-Match), `reject` answers 501."""
-
-    def __init__(self, upstream: str, mode: str) -> None:
-        self.host, port = upstream.split("://", 1)[1].split(":")
-        self.port = int(port)
-        self.mode = mode
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def _forward(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.command == "PUT" and self.headers.get("If-None-Match"):
-                    if proxy.mode == "ignore":
-                        return self._reply(200, b"", {"ETag": '"0"'})
-                    xml = b"<Error><Code>NotImplemented</Code><Message>no</Message></Error>"
-                    return self._reply(501, xml, {"Content-Type": "application/xml"})
-                conn = http.client.HTTPConnection(proxy.host, proxy.port, timeout=30)
-                conn.request(self.command, self.path, body or None, dict(self.headers.items()))
-                resp = conn.getresponse()
-                data = resp.read()
-                headers = {k: v for k, v in resp.getheaders() if k.lower() != "content-length"}
-                self._reply(resp.status, data, headers)
-                conn.close()
-
-            def _reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-                self.send_response(status)
-                for k, v in headers.items():
-                    if k.lower() not in ("transfer-encoding", "connection"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _forward
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(params=["ignore", "reject"])
-def fault_proxy(request: pytest.FixtureRequest, s3_server: S3Server) -> Iterator[_FaultProxy]:
-    proxy = _FaultProxy(s3_server.endpoint, request.param)
-    yield proxy
-    proxy.close()
+def fault_proxy(request: pytest.FixtureRequest, s3_server: S3Server) -> Iterator[S3Proxy]:
+    """The real server behind a proxy that fakes a store without conditional writes."""
+    with S3Proxy(s3_server.endpoint, conditional_put=request.param) as proxy:
+        yield proxy
 
 
 def test_store_without_conditional_writes_is_detected(
-    s3_server: S3Server, s3_bucket: str, fault_proxy: _FaultProxy
+    s3_server: S3Server, s3_bucket: str, fault_proxy: S3Proxy
 ) -> None:
     storage = make_storage(s3_server, s3_bucket, endpoint=fault_proxy.url)
     storage.write_if_changed("noarch/repodata.json", b"{}")  # plain PUTs pass through
     with pytest.raises(ConditionalWriteUnsupported, match="--s3-no-lock") as info:
         storage.acquire_lock()
     assert "conditional writes" in str(info.value)
+    assert any(r.method == "PUT" and r.conditional for r in fault_proxy.requests)
     assert storage.stat(".condasync/lock") is None
 
 
