@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import zstandard
 
+from tests.realservers import postgres_server, postgres_url, s3_bucket, s3_server  # noqa: F401
 from tests.servers import ChannelServer, FaultServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
