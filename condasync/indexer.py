@@ -30,7 +30,6 @@ from condasync.repodata import (
     parse_repodata,
     split_filename,
 )
-from condasync.state import hold_lock
 from condasync.storage import STATE_DIR, LocalStorage
 from condasync.storage import hash_file as hash_file  # re-exported for callers of this module
 
@@ -197,7 +196,7 @@ def index_tree(
     listen: IndexListener = on_event or (lambda _e: None)
     storage = LocalStorage(root)
     report = IndexReport(dir=str(root))
-    with hold_lock(storage):
+    with storage.lock():
         for subdir in chosen:
             report.subdirs[subdir] = _index_subdir(storage, subdir, listen, workers)
     return report

@@ -56,7 +56,7 @@ def acquire(storage: S3Storage, name: str, ttl_seconds: float) -> S3Lock:
             if held is None:
                 continue  # released in between: try to create it again
             doc, current_etag = held
-            if time.time() < doc["expires"]:
+            if time.time() < doc["expires"] and not _holder_died(doc):
                 raise LockedError(_locked_message(storage.label, doc)) from None
             try:
                 etag = _put(storage, relpath, body, {"e_tag": current_etag})
@@ -66,6 +66,20 @@ def acquire(storage: S3Storage, name: str, ttl_seconds: float) -> S3Lock:
         _ensure_create_refused(storage, relpath, body)
         return S3Lock(relpath, storage.key(relpath), token, etag, expires)
     raise LockedError(f"{storage.label} is locked by another condasync run; try again later")
+
+
+def _holder_died(doc: dict[str, Any]) -> bool:
+    """A lock left by a run on this very host whose process is gone (say, kill -9) is stale:
+    no need to wait for it to expire."""
+    if doc.get("host") != socket.gethostname() or not isinstance(doc.get("pid"), int):
+        return False
+    try:
+        os.kill(doc["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def renew(storage: S3Storage, lock: S3Lock, ttl_seconds: float) -> S3Lock:

@@ -13,7 +13,8 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
+LOCK_TTL = 900.0  # seconds; renewed every third of that while a run holds the lock
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PLAIN_MD5_ETAG = re.compile(r"^[0-9a-f]{32}$")
 _AUTH_CODES = frozenset(
@@ -108,6 +110,10 @@ def _unreachable(exc: BaseException) -> bool:
     text = str(exc).lower()
     signs = ("error sending request", "connection refused", "dns error", "timed out", "connect")
     return any(sign in text for sign in signs)
+
+
+def _ready(data: bytes | Future[bytes]) -> bytes:
+    return data.result() if isinstance(data, Future) else data
 
 
 class S3Staged:
@@ -194,6 +200,8 @@ class _ObjectReader(io.RawIOBase):
 
 class S3Storage:
     """A mirror tree in an S3 bucket under a prefix. Same interface as `LocalStorage`."""
+
+    local = False
 
     def __init__(
         self,
@@ -355,10 +363,11 @@ class S3Storage:
         """PUT data unless the object already holds exactly these bytes (no PUT then)."""
         return bool(self.publish([(relpath, data)]))
 
-    def publish(self, files: list[tuple[str, bytes]]) -> list[str]:
+    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]:
         """PUT each changed file in the given order (packages before .zst before .json), after
         checking all of them first; returns the relpaths written."""
-        changed = [(relpath, data) for relpath, data in files if not self._holds(relpath, data)]
+        ready = [(relpath, _ready(data)) for relpath, data in files]
+        changed = [(relpath, data) for relpath, data in ready if not self._holds(relpath, data)]
         for relpath, data in changed:
             self._put(relpath, data)
         return [relpath for relpath, _ in changed]
@@ -397,6 +406,44 @@ class S3Storage:
     def clear_staging(self, subdir: str) -> None:
         """Nothing is staged under other keys: an unfinished upload was never visible. (A bucket
         lifecycle rule `AbortIncompleteMultipartUpload` reaps the parts a killed run left.)"""
+
+    def listing(self, subdir: str) -> dict[str, tuple[int, int]]:
+        """{filename: (size, mtime_ns)} of the objects directly in a subdir (one LIST per 1000)."""
+        return {
+            o.relpath[len(subdir) + 1 :]: (o.size, o.mtime_ns)
+            for o in self.list(subdir)
+            if "/" not in o.relpath[len(subdir) + 1 :]
+        }
+
+    def hash(self, relpath: str, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
+        return self.hash_object(relpath, algorithms)
+
+    @contextlib.contextmanager
+    def lock(self, enabled: bool = True) -> Iterator[None]:
+        """The run lock (see acquire_lock), renewed in the background while held. Disabled
+        with --s3-no-lock for stores without conditional writes."""
+        if not enabled:
+            yield
+            return
+        held = self.acquire_lock("lock", LOCK_TTL)
+        stop = threading.Event()
+
+        def renew() -> None:
+            nonlocal held
+            while not stop.wait(LOCK_TTL / 3):
+                try:
+                    held = self.renew_lock(held, LOCK_TTL)
+                except Exception:  # the run goes on; the lock may lapse
+                    return
+
+        renewer = threading.Thread(target=renew, name="condasync-s3-lock", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            renewer.join()
+            self.release_lock(held)
 
     # --- beyond the protocol ----------------------------------------------------------------
 

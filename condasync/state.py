@@ -1,4 +1,4 @@
-"""What the last sync verified (per subdir), and the lock that keeps runs from overlapping.
+"""What the last sync verified, per subdir (the run lock lives with the storage backends).
 
 State is two files per subdir under `DIR/.condasync/`: a small `<subdir>.meta.json` (upstream
 validators, what we published, a hash of the options) read on every run, and a large
@@ -7,20 +7,14 @@ validators, what we published, a hash of the options) read on every run, and a l
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import msgspec
 import orjson
 
-from condasync.errors import LockedError
 from condasync.models import FileState
 from condasync.repodata import gc_paused
-from condasync.storage import STATE_DIR, LocalStorage
+from condasync.storage import STATE_DIR, Storage
 
 GENERATION = 1  # bump when the on-disk state format changes: forces a full re-plan
 
@@ -46,7 +40,7 @@ def _files_path(subdir: str) -> str:
     return f"{STATE_DIR}/{subdir}.files.json"
 
 
-def load_meta(storage: LocalStorage, subdir: str) -> SubdirMeta | None:
+def load_meta(storage: Storage, subdir: str) -> SubdirMeta | None:
     raw = storage.read(_meta_path(subdir))
     if raw is None:
         return None
@@ -58,7 +52,7 @@ def load_meta(storage: LocalStorage, subdir: str) -> SubdirMeta | None:
     return meta if meta.generation == GENERATION else None
 
 
-def save_meta(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> None:
+def save_meta(storage: Storage, subdir: str, meta: SubdirMeta) -> None:
     storage.write_if_changed(
         _meta_path(subdir), orjson.dumps(asdict(meta), option=orjson.OPT_SORT_KEYS)
     )
@@ -67,7 +61,7 @@ def save_meta(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> None:
 _files_decoder = msgspec.json.Decoder(dict[str, FileState])
 
 
-def load_files(storage: LocalStorage, subdir: str) -> dict[str, FileState]:
+def load_files(storage: Storage, subdir: str) -> dict[str, FileState]:
     raw = storage.read(_files_path(subdir))
     if raw is None:
         return {}
@@ -78,27 +72,5 @@ def load_files(storage: LocalStorage, subdir: str) -> dict[str, FileState]:
         return {}  # unreadable state only costs a re-check of the files
 
 
-def save_files(storage: LocalStorage, subdir: str, files: dict[str, FileState]) -> None:
+def save_files(storage: Storage, subdir: str, files: dict[str, FileState]) -> None:
     storage.write_if_changed(_files_path(subdir), msgspec.json.encode(files))
-
-
-@contextmanager
-def hold_lock(storage: LocalStorage) -> Iterator[None]:
-    """An exclusive, non-blocking flock on DIR/.condasync/lock; the kernel drops it on kill -9."""
-    path = storage.path(f"{STATE_DIR}/lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise LockedError(
-                    f"{storage.label} is locked by another condasync run; try again later"
-                ) from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(fd)

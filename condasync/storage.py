@@ -7,16 +7,22 @@ of validated parts; the backend still refuses anything that would resolve outsid
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from condasync.errors import StorageError, UsageError
+from condasync.errors import LockedError, StorageError, UsageError
+
+if TYPE_CHECKING:
+    from condasync.s3storage import S3Storage
 
 STAGING = ".condasync-tmp"
 HASH_CHUNK = 1024 * 1024
@@ -56,7 +62,11 @@ class StagedFile(Protocol):
 
 
 class Storage(Protocol):
+    """A mirror target. `local` is True when small writes are cheap enough to do inline and
+    the folder mtime tells whether someone else touched a subdir."""
+
     label: str
+    local: bool
 
     def stage(self, relpath: str) -> StagedFile: ...
     def read(self, relpath: str) -> bytes | None: ...
@@ -66,6 +76,9 @@ class Storage(Protocol):
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
     def open(self, relpath: str) -> BinaryIO: ...
     def clear_staging(self, subdir: str) -> None: ...
+    def listing(self, subdir: str) -> dict[str, tuple[int, int]]: ...
+    def hash(self, relpath: str, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]: ...
+    def lock(self, enabled: bool = True) -> AbstractContextManager[None]: ...
 
 
 class LocalStaged:
@@ -143,6 +156,7 @@ class LocalStorage:
             raise UsageError(f"target {root} is not a directory")
         self.root = Path(os.path.realpath(root))
         self.label = str(root)
+        self.local = True
         self._dirs: dict[str, Path] = {}
 
     def path(self, relpath: str) -> Path:
@@ -229,6 +243,44 @@ class LocalStorage:
     def clear_staging(self, subdir: str) -> None:
         shutil.rmtree(self.path(subdir) / STAGING, ignore_errors=True)
 
+    def listing(self, subdir: str) -> dict[str, tuple[int, int]]:
+        """{filename: (size, mtime_ns)} of the regular files in a subdir folder."""
+        out: dict[str, tuple[int, int]] = {}
+        try:
+            with os.scandir(self.path(subdir)) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False):
+                        st = entry.stat(follow_symlinks=False)
+                        out[entry.name] = (st.st_size, st.st_mtime_ns)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return out
+
+    def hash(self, relpath: str, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
+        return hash_file(self.path(relpath), algorithms)
+
+    @contextmanager
+    def lock(self, enabled: bool = True) -> Iterator[None]:
+        """An exclusive, non-blocking flock on DIR/.condasync/lock; the kernel drops it on
+        kill -9, so it never goes stale. (`enabled` exists for object stores.)"""
+        path = self.path(f"{STATE_DIR}/lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise LockedError(
+                        f"{self.label} is locked by another condasync run; try again later"
+                    ) from None
+                raise
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            yield
+        finally:
+            os.close(fd)
+
 
 def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
     """Stream a file once in 1 MiB chunks; return (bytes read, {algorithm: hexdigest})."""
@@ -252,7 +304,22 @@ def _holds(target: Path, data: bytes) -> bool:
         return False
 
 
-def open_storage(target: str, create: bool = True) -> LocalStorage:
+@dataclass(frozen=True)
+class S3Options:
+    """What the CLI's --s3-* flags say; the rest comes from the AWS_* environment."""
+
+    endpoint: str | None = None
+    force_path_style: bool | None = None
+    no_lock: bool = False
+
+
+def open_storage(
+    target: str, create: bool = True, s3: S3Options | None = None
+) -> LocalStorage | S3Storage:
+    """A local folder, or `s3://bucket/prefix` (credentials from the AWS_* variables)."""
     if target.startswith("s3://"):
-        raise UsageError("s3:// targets are not supported yet")
+        from condasync.s3storage import S3Storage  # obstore loads only when needed
+
+        s3 = s3 or S3Options()
+        return S3Storage(target, endpoint=s3.endpoint, force_path_style=s3.force_path_style)
     return LocalStorage(Path(target).expanduser(), create=create)

@@ -12,7 +12,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -49,17 +49,16 @@ from condasync.repodata import (
 from condasync.state import (
     GENERATION,
     SubdirMeta,
-    hold_lock,
     load_files,
     load_meta,
     save_files,
     save_meta,
 )
 from condasync.storage import (
-    LocalStorage,
+    S3Options,
     StagedFile,
+    Storage,
     describe_os_error,
-    hash_file,
     open_storage,
 )
 from condasync.urls import join, mask, mask_url, normalize_channel, secrets_of
@@ -90,6 +89,7 @@ class MirrorJob:
     backoff: float = 0.5
     zstd_level: int = 3
     repair: bool = False
+    s3: S3Options = field(default_factory=S3Options)
 
 
 Listener = Callable[[Event], None]
@@ -120,10 +120,10 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
             raise UsageError(str(exc)) from None
         if job.jobs < 1:
             raise UsageError("--jobs must be at least 1")
-        storage = open_storage(job.target, create=not job.dry_run)
-        with nullcontext() if job.dry_run else hold_lock(storage):
+        storage = open_storage(job.target, create=not job.dry_run, s3=job.s3)
+        with _Locker(storage, enabled=not job.dry_run and not job.s3.no_lock) as locker:
             try:
-                asyncio.run(_mirror(job, channel, storage, report, listen))
+                asyncio.run(_mirror(job, channel, storage, locker, report, listen))
             finally:
                 gc.unfreeze()
     except CondasyncError as exc:
@@ -143,6 +143,32 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     return report
 
 
+class _Locker:
+    """The run lock. A local tree is locked at once (a flock costs nothing); an object store
+    only before the first write, so a no-op run issues no PUT at all."""
+
+    def __init__(self, storage: Storage, enabled: bool) -> None:
+        self._storage = storage
+        self._enabled = enabled
+        self._held: AbstractContextManager[None] | None = None
+
+    def __enter__(self) -> _Locker:
+        if self._storage.local and self._enabled:
+            self.ensure()
+        return self
+
+    def ensure(self) -> None:
+        if self._held is None and self._enabled:
+            held = self._storage.lock()
+            held.__enter__()
+            self._held = held
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
+
+
 def options_hash(job: MirrorJob, channel: str) -> str:
     """Options that shape the published index; when they change, the next run re-plans."""
     doc = {
@@ -157,7 +183,7 @@ def options_hash(job: MirrorJob, channel: str) -> str:
     return hashlib.sha256(orjson.dumps(doc)).hexdigest()
 
 
-def _published_intact(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> bool:
+def _published_intact(storage: Storage, subdir: str, meta: SubdirMeta) -> bool:
     for name in INDEX_FILES:
         st = storage.stat(f"{subdir}/{name}")
         if st is None or list(st) != meta.published.get(name):
@@ -165,14 +191,22 @@ def _published_intact(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> b
     return True
 
 
-def _folder_untouched(storage: LocalStorage, subdir: str, meta: SubdirMeta) -> bool:
-    """One stat instead of 600k: adding or deleting a file changes its folder's mtime."""
+def _folder_untouched(storage: Storage, subdir: str, meta: SubdirMeta) -> bool:
+    """One stat instead of 600k: adding or deleting a file changes its folder's mtime.
+    An object store has no folders; there --repair is the way to re-check the objects."""
+    if not storage.local:
+        return True
     st = storage.stat(subdir)
     return st is not None and st[1] == meta.dir_mtime_ns
 
 
 async def _mirror(
-    job: MirrorJob, channel: str, storage: LocalStorage, report: MirrorReport, listen: Listener
+    job: MirrorJob,
+    channel: str,
+    storage: Storage,
+    locker: _Locker,
+    report: MirrorReport,
+    listen: Listener,
 ) -> None:
     # File creation is slow on some filesystems and blocks; let every download have a thread.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max(8, job.jobs)))
@@ -197,8 +231,9 @@ async def _mirror(
         for upstream in upstreams:
             sub = SubdirReport(subdir=upstream.subdir)
             report.subdirs.append(sub)
-            await _sync_subdir(job, client, base, storage, upstream, options, sub, listen)
+            await _sync_subdir(job, client, base, storage, locker, upstream, options, sub, listen)
         if not job.dry_run and channeldata is not None and _is_json_object(channeldata):
+            locker.ensure()
             storage.write_if_changed("channeldata.json", channeldata)
 
 
@@ -234,7 +269,7 @@ async def _fetch_upstream(
     job: MirrorJob,
     client: httpx.AsyncClient,
     base: str,
-    storage: LocalStorage,
+    storage: Storage,
     subdir: str,
     options: str,
 ) -> _Upstream:
@@ -279,7 +314,8 @@ async def _sync_subdir(
     job: MirrorJob,
     client: httpx.AsyncClient,
     base: str,
-    storage: LocalStorage,
+    storage: Storage,
+    locker: _Locker,
     upstream: _Upstream,
     options: str,
     report: SubdirReport,
@@ -292,6 +328,7 @@ async def _sync_subdir(
         report.unchanged = True
         listen(Event("uptodate", subdir))
         if not job.dry_run and upstream.meta is not None and not upstream.fetched.unchanged:
+            locker.ensure()
             upstream.meta.etag = upstream.fetched.etag  # same bytes, new validators
             upstream.meta.last_modified = upstream.fetched.last_modified
             upstream.meta.source = upstream.fetched.source
@@ -302,8 +339,11 @@ async def _sync_subdir(
     clock = time.monotonic()
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
         local = load_files(storage, subdir)
-        if upstream.check_files:
-            local = {fn: st for fn, st in local.items() if _still_there(storage, subdir, fn, st)}
+        if upstream.check_files:  # keep only what is still there as we left it
+            on_disk = storage.listing(subdir)
+            local = {
+                fn: st for fn, st in local.items() if on_disk.get(fn) == (st.size, st.mtime_ns)
+            }
         valid, rejected, same = _validate(index, local)
         selected = _select(index, valid, job.filters, subdir)
         removed_upstream = local.keys() - index.raw.keys() if job.keep_removed else set()
@@ -326,12 +366,17 @@ async def _sync_subdir(
         report.packages = len(plan.keep) + len(plan.add) + len(plan.replace)
         return
     todo = plan.add + plan.replace
+    if not job.dry_run:
+        locker.ensure()
     listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn].size for fn in todo)))
     kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
     try:
         package_base = _package_base(join(base, subdir), index.info)
+        # An object store is listed once (not one HEAD per package) to find objects a killed
+        # run already uploaded; a local tree is statted file by file.
+        present = None if storage.local or not plan.add else storage.listing(subdir)
         done, staged = await _download_all(
-            job, client, package_base, storage, subdir, plan, wanted, report, listen
+            job, client, package_base, storage, subdir, plan, wanted, present, report, listen
         )
         clock = report.timed("download", clock)
         skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
@@ -386,10 +431,6 @@ async def _sync_subdir(
         )
     finally:
         storage.clear_staging(subdir)
-
-
-def _still_there(storage: LocalStorage, subdir: str, filename: str, state: FileState) -> bool:
-    return storage.stat(f"{subdir}/{filename}") == (state.size, state.mtime_ns)
 
 
 def _package_base(subdir_url: str, info: dict[str, object]) -> str:
@@ -449,13 +490,13 @@ def _encode(
     return encode_index(index, subdir, sections)
 
 
-def _delete_all(storage: LocalStorage, subdir: str, filenames: tuple[str, ...]) -> None:
+def _delete_all(storage: Storage, subdir: str, filenames: tuple[str, ...]) -> None:
     for filename in filenames:
         storage.delete(f"{subdir}/{filename}")
 
 
 def _kept_removed_records(
-    storage: LocalStorage, subdir: str, plan: Plan, index: Index, keep_removed: bool
+    storage: Storage, subdir: str, plan: Plan, index: Index, keep_removed: bool
 ) -> dict[str, msgspec.Raw]:
     """--keep-removed: records upstream dropped come from the index we published last time."""
     if not keep_removed:
@@ -474,7 +515,7 @@ def _kept_removed_records(
 
 
 def _write_index(
-    storage: LocalStorage, subdir: str, data: bytes, job: MirrorJob
+    storage: Storage, subdir: str, data: bytes, job: MirrorJob
 ) -> dict[str, list[int]]:
     """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state.
 
@@ -500,10 +541,11 @@ async def _download_all(
     job: MirrorJob,
     client: httpx.AsyncClient,
     package_base: str,
-    storage: LocalStorage,
+    storage: Storage,
     subdir: str,
     plan: Plan,
     wanted: dict[str, Lite],
+    present: dict[str, tuple[int, int]] | None,
     report: SubdirReport,
     listen: Listener,
 ) -> tuple[dict[str, FileState], dict[str, StagedFile]]:
@@ -523,7 +565,7 @@ async def _download_all(
             try:
                 state, pending = await _fetch_one(
                     job, client, package_base, storage, subdir, filename, record,
-                    filename in replacing, on_bytes,
+                    filename in replacing, present, on_bytes,
                 )  # fmt: skip
             except (StorageError, asyncio.CancelledError):
                 raise
@@ -561,17 +603,22 @@ async def _fetch_one(
     job: MirrorJob,
     client: httpx.AsyncClient,
     package_base: str,
-    storage: LocalStorage,
+    storage: Storage,
     subdir: str,
     filename: str,
     record: Lite,
     replace: bool,
+    present: dict[str, tuple[int, int]] | None,
     on_bytes: Callable[[int], None],
 ) -> tuple[FileState | None, StagedFile | None]:
     relpath = f"{subdir}/{filename}"
     size, digest = record.size, record.digest
     algo, expected = digest.split(":", 1)
-    adopted = await _maybe_thread(size, _adopt, storage, relpath, size, algo, expected)
+    inline = storage.local and size <= INLINE_BYTES
+    adopted = None
+    if replace or present is None or filename in present:
+        known = None if present is None else present.get(filename)
+        adopted = await _maybe_thread(inline, _adopt, storage, relpath, size, algo, expected, known)
     if adopted is not None:
         return FileState(size, digest, adopted), None
     url = join(package_base, filename)
@@ -582,9 +629,9 @@ async def _fetch_one(
                 await fetch.download(client, url, staged, size, digest, on_bytes)
                 # one worker-thread call puts the bytes on disk (and in place, for an add)
                 if replace:
-                    await _maybe_thread(size, staged.close)
+                    await _maybe_thread(inline, staged.close)
                 else:
-                    mtime_ns = await _maybe_thread(size, staged.commit)
+                    mtime_ns = await _maybe_thread(inline, staged.commit)
             except BaseException:
                 staged.discard()
                 raise
@@ -593,17 +640,26 @@ async def _fetch_one(
     return FileState(size, digest, mtime_ns), None
 
 
-async def _maybe_thread(size: int, func: Callable[..., T], *args: Any) -> T:
-    """Small-file work runs inline (a thread hand-off costs more); big files go to a thread."""
-    if size <= INLINE_BYTES:
+async def _maybe_thread(inline: bool, func: Callable[..., T], *args: Any) -> T:
+    """Small local-file work runs inline (a thread hand-off costs more than the syscalls);
+    big files and object-store requests go to a worker thread."""
+    if inline:
         return func(*args)
     return await asyncio.to_thread(func, *args)
 
 
-def _adopt(storage: LocalStorage, relpath: str, size: int, algo: str, expected: str) -> int | None:
-    """A file an interrupted run already moved into place: keep it if its bytes are right."""
-    existing = storage.stat(relpath)
+def _adopt(
+    storage: Storage,
+    relpath: str,
+    size: int,
+    algo: str,
+    expected: str,
+    known: tuple[int, int] | None,
+) -> int | None:
+    """A file an interrupted run already put in place: keep it if its bytes are right.
+    `known` is its (size, mtime_ns) from a listing, when there was one."""
+    existing = known or storage.stat(relpath)
     if existing is None or existing[0] != size:
         return None
-    _, actual = hash_file(storage.path(relpath), (algo,))
+    _, actual = storage.hash(relpath, (algo,))
     return existing[1] if actual[algo] == expected else None

@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import zstandard
 
@@ -24,8 +24,18 @@ from condasync.indexer import (
     scan_files,
 )
 from condasync.models import Record
-from condasync.repodata import check_filename, check_record, digest_of, is_subdir, parse_repodata
-from condasync.storage import hash_file
+from condasync.repodata import (
+    check_filename,
+    check_record,
+    decompress_zst,
+    digest_of,
+    is_subdir,
+    parse_repodata,
+)
+from condasync.storage import LocalStorage, hash_file
+
+if TYPE_CHECKING:
+    from condasync.s3storage import S3Object, S3Storage
 
 # Every problem kind verify reports. Any problem makes the report not ok (exit 4).
 KINDS = {
@@ -281,3 +291,91 @@ def _same_bytes(reader: IO[bytes], expected: bytes) -> bool:
 def _shown(name: str) -> str:
     """A filename fit for a log line: untrusted keys are shown quoted and escaped."""
     return name if check_filename(name) is None else repr(name)[:240]
+
+
+def verify_storage(
+    storage: LocalStorage | S3Storage, deep: bool = False, on_problem: ProblemListener | None = None
+) -> VerifyReport:
+    """`verify` for an object store: one LIST, each index read once.
+
+    Without `deep`, an object is checked by its size, and by its ETag where that is a plain MD5
+    and the record has an md5; with `deep`, every object is downloaded and hashed. The
+    metadata check of `verify_tree --deep` (opening each package) is local only.
+    """
+    from condasync.s3storage import S3Storage
+
+    if not isinstance(storage, S3Storage):
+        return verify_tree(storage.root, deep=deep, on_problem=on_problem)
+    report = VerifyReport(dir=storage.label)
+
+    def add(problem: Problem) -> None:
+        report.problems.append(problem)
+        if on_problem is not None:
+            on_problem(str(problem))
+
+    by_subdir: dict[str, dict[str, S3Object]] = {}
+    for obj in storage.list():
+        subdir, _, name = obj.relpath.partition("/")
+        if is_subdir(subdir) and name and "/" not in name:
+            by_subdir.setdefault(subdir, {})[name] = obj
+    for subdir, objects in sorted(by_subdir.items()):
+        if "repodata.json" not in objects:
+            report.orphans.extend(f"{subdir}/{n}" for n in sorted(objects) if is_package_name(n))
+            continue
+        report.subdirs_checked.append(subdir)
+        raw = storage.read(f"{subdir}/repodata.json") or b""
+        zst = storage.read(f"{subdir}/repodata.json.zst")
+        if zst is not None and not _zst_matches(zst, raw):
+            detail = "does not decompress to repodata.json's bytes"
+            add(Problem(subdir, "repodata.json.zst", "zst-mismatch", detail))
+        try:
+            records = parse_repodata(raw, subdir).records
+        except ValueError as exc:
+            add(Problem(subdir, "repodata.json", "invalid-index", str(exc)))
+            continue
+        for key, record in records.items():
+            reason = check_filename(key)
+            if reason is not None:
+                add(Problem(subdir, key, "unsafe-key", reason))
+                continue
+            reason = check_record(record)
+            if reason is not None:
+                add(Problem(subdir, key, "invalid-record", reason))
+                continue
+            report.files_checked += 1
+            for problem in _check_object(storage, subdir, key, record, objects.get(key), deep):
+                add(problem)
+        report.orphans.extend(
+            f"{subdir}/{n}" for n in sorted(objects) if is_package_name(n) and n not in records
+        )
+    if "noarch" not in report.subdirs_checked:
+        add(Problem("noarch", "repodata.json", "missing-index", KINDS["missing-index"]))
+    return report
+
+
+def _zst_matches(zst: bytes, raw: bytes) -> bool:
+    try:
+        return decompress_zst(zst) == raw
+    except ValueError:
+        return False
+
+
+def _check_object(
+    storage: S3Storage, subdir: str, key: str, record: Record, obj: S3Object | None, deep: bool
+) -> list[Problem]:
+    if obj is None:
+        return [Problem(subdir, key, "missing", "indexed object does not exist")]
+    if obj.size != record["size"]:
+        return [Problem(subdir, key, "size", f"expected {record['size']} bytes, found {obj.size}")]
+    if deep:
+        algorithm, expected = digest_of(record).split(":", 1)
+        _, digests = storage.hash_object(f"{subdir}/{key}", (algorithm,))
+        if digests[algorithm] != expected:
+            detail = f"{algorithm} is {digests[algorithm]}, record says {expected}"
+            return [Problem(subdir, key, "hash", detail)]
+        return []
+    etag = (obj.etag or "").strip('"').lower()
+    md5 = record.get("md5")
+    if md5 and len(etag) == 32 and "-" not in etag and etag != md5:
+        return [Problem(subdir, key, "hash", f"ETag (md5) is {etag}, record says {md5}")]
+    return []

@@ -114,7 +114,9 @@ def run_cli() -> Callable[..., CliResult]:
 class BackgroundCli:
     """A CLI run in the background (for lock, kill -9 and SIGINT tests)."""
 
-    def __init__(self, args: tuple[str, ...], workdir: Path) -> None:
+    def __init__(
+        self, args: tuple[str, ...], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.args = args
         self._out = open(workdir / f"bg-{time.monotonic_ns()}.out", "w+")  # noqa: SIM115
         self._err = open(workdir / f"bg-{time.monotonic_ns()}.err", "w+")  # noqa: SIM115
@@ -123,7 +125,7 @@ class BackgroundCli:
             stdout=self._out,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
-            env=cli_env(),
+            env=cli_env(env),
             cwd=REPO_ROOT,
         )
 
@@ -171,8 +173,8 @@ def start_cli(tmp_path: Path) -> Iterator[Callable[..., BackgroundCli]]:
     logs = tmp_path / "bg-logs"
     logs.mkdir(exist_ok=True)
 
-    def start(*args: Any) -> BackgroundCli:
-        bg = BackgroundCli(tuple(str(a) for a in args), logs)
+    def start(*args: Any, env: dict[str, str] | None = None) -> BackgroundCli:
+        bg = BackgroundCli(tuple(str(a) for a in args), logs, env)
         started.append(bg)
         return bg
 

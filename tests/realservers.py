@@ -176,7 +176,9 @@ def run_seaweedfs(weed: str, root: Path, startup_timeout: float = 60) -> Iterato
         "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"],
     }
-    config.write_text(json.dumps({"identities": [identity]}))
+    # anonymous reads, as a bucket served through a CDN or a public-read policy would be
+    anonymous = {"name": "anonymous", "actions": ["Read"]}
+    config.write_text(json.dumps({"identities": [identity, anonymous]}))
     s3_port = free_port()
     admin_port, admin_grpc = _port_pair()
     ports = {

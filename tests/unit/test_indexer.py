@@ -22,7 +22,6 @@ from condasync.indexer import (
     read_index_json,
 )
 from condasync.repodata import decompress_zst
-from condasync.state import hold_lock
 from condasync.storage import LocalStorage
 from condasync.verify import verify_tree
 
@@ -213,7 +212,7 @@ def test_invalid_subdir_argument_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_locked_tree_is_refused(packages: Path) -> None:
-    with hold_lock(LocalStorage(packages)), pytest.raises(LockedError):
+    with LocalStorage(packages).lock(), pytest.raises(LockedError):
         index_tree(packages)
     assert not (packages / "noarch" / "repodata.json").exists()
 
