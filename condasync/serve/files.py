@@ -70,7 +70,7 @@ def _last_modified(mtime: float) -> bytes:
 def open_file(path: str) -> tuple[int, os.stat_result] | None:
     """An fd on a regular file, or None (missing, a folder, a special file)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return None
     try:

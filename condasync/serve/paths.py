@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote
 
 from condasync.repodata import is_subdir
 
 CHANNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-MAX_SEGMENT = 255
+# What a decoded segment may hold: every conda filename and index name fits, and nothing that
+# could be a separator, a drive, a dot-file or a control character does.
+SAFE_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_+!=~,@-][A-Za-z0-9._+!=~,@-]{0,254}$")
 INDEX_NAMES = frozenset(
     {
         "repodata.json",
@@ -50,23 +53,15 @@ def is_channel_name(name: str) -> bool:
 
 def _segment(raw: str) -> str | None:
     """Decode one raw path segment; None when it is not a plain, safe file or folder name."""
-    if not raw or len(raw) > 3 * MAX_SEGMENT:
-        return None
-    try:
-        text = unquote(raw, errors="strict")
-    except UnicodeDecodeError:
-        return None
-    if (
-        not text
-        or len(text) > MAX_SEGMENT
-        or text.startswith(".")
-        or any(c in text for c in "/\\\x00")
-        or any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
-    ):
-        return None
-    return text
+    if "%" in raw:
+        try:
+            raw = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            return None
+    return raw if SAFE_SEGMENT_RE.match(raw) else None
 
 
+@lru_cache(maxsize=8192)
 def parse_file_path(raw_path: str) -> FilePath | None:
     """`/channels/<name>/<subdir>/<file>` or `/channels/<name>/channeldata.json` (optionally
     behind `/t/<key>`), from the raw request path; None for anything else, traversal included."""
@@ -109,6 +104,7 @@ def is_index(filename: str) -> bool:
     return filename in INDEX_NAMES or filename in CHANNEL_ROOT_FILES
 
 
+@lru_cache(maxsize=1024)
 def content_type(filename: str) -> str:
     if is_package(filename):
         return "application/octet-stream"
@@ -121,6 +117,7 @@ def content_type(filename: str) -> str:
     return "application/octet-stream"
 
 
+@lru_cache(maxsize=1024)
 def cache_control(filename: str, private: bool) -> str:
     policy = PACKAGE_CACHE if is_package(filename) else INDEX_CACHE
     return policy.replace("public", "private", 1) if private else policy
