@@ -320,6 +320,8 @@ def build_api(server: Server) -> FastAPI:
     )
     def upload(name: Name, who: Required) -> None:
         channel = existing(name)
+        if not can_synchronize(who, channel.name):
+            raise HTTPException(403, "uploading needs the channel owner or maintainer role")
         kind = channel.mirror_mode or "static"
         raise HTTPException(405, f"channel {name!r} is read only ({kind} channel)")
 

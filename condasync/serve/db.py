@@ -280,7 +280,7 @@ class Database:
         key = new_key()
         with self._write_lock, self.session() as s:
             row = ApiKeyRow(
-                key_hash=hash_key(key), hint=key[:8], role=role, description=description
+                key_hash=hash_key(key), hint=key[:12], role=role, description=description
             )
             s.add(row)
             s.flush()
