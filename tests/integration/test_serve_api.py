@@ -17,8 +17,9 @@ from tests.conftest import CliResult
 from tests.serve_support import ServeProcess, start_serve  # noqa: F401
 from tests.servers import ChannelServer
 
+NEW = {"name": "x", "mirror_channel_url": "http://h/c", "mirror_mode": "proxy"}
 WRITES = [
-    ("POST", "/api/channels", {"name": "x", "mirror_channel_url": "http://h/c", "mirror_mode": "proxy"}),
+    ("POST", "/api/channels", NEW),
     ("DELETE", "/api/channels/up", None),
     ("PUT", "/api/channels/mir/actions", {"action": "synchronize"}),
     ("POST", "/api/channels/up/files", None),
