@@ -7,16 +7,18 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from condasync.serve.db import Channel, Database
-from condasync.serve.files import Receive, Scope, Send, open_file, send_file, send_text
+from condasync.serve.files import Receive, Scope, Send, send_file, send_text
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
 from condasync.serve.proxy import ProxyChannel
 from condasync.serve.roles import Identity, can_read
 from condasync.serve.tasks import TaskRunner
 
+STATIC_RECHECK = 2.0  # seconds a plain tree found in DIR is trusted to still be there
 PROXY_INDEXES = ("repodata.json", "repodata.json.zst")
 
 
@@ -31,6 +33,7 @@ class Server:
         self.tasks = TaskRunner(db, self.root)
         self._channels: dict[str, Channel] = {}
         self._proxies: dict[str, ProxyChannel] = {}
+        self._static: dict[str, float] = {}  # plain trees seen lately: name -> when
         self._lock = threading.Lock()
         self.reload()
 
@@ -47,7 +50,14 @@ class Server:
         found = self._channels.get(name)
         if found is not None:
             return found
+        now = time.monotonic()
+        seen = self._static.get(name)
+        if seen is not None and now - seen < STATIC_RECHECK:
+            return Channel(name, False, None, None)
         if is_channel_name(name) and os.path.isdir(os.path.join(self.root_str, name)):
+            if len(self._static) > 10_000:
+                self._static.clear()
+            self._static[name] = now
             return Channel(name, False, None, None)
         return None
 
@@ -80,6 +90,7 @@ class Server:
 
     def remove_files(self, name: str) -> None:
         self._proxies.pop(name, None)
+        self._static.pop(name, None)
         shutil.rmtree(self.channel_dir(name), ignore_errors=True)
 
     async def close(self) -> None:
@@ -138,16 +149,15 @@ class ChannelFiles:
         if channel.mirror_mode == "proxy":
             await self._proxy(scope, send, channel, path)
             return
-        opened = self._open(channel, path)
-        if opened is None:
+        if not await send_file(
+            scope, send, self._path(channel, path), path.filename, channel.private
+        ):
             await send_text(send, 404, "not found", head=head)
-            return
-        await send_file(scope, send, *opened, path.filename, channel.private)
 
-    def _open(self, channel: Channel, path: FilePath) -> tuple[int, os.stat_result] | None:
+    def _path(self, channel: Channel, path: FilePath) -> str:
         # Every segment is validated (no "..", no separator, no dot-file), so the join stays
-        # in the channel; O_NOFOLLOW refuses a symlinked file as well.
-        return open_file(os.path.join(self.server.root_str, channel.name, path.relpath))
+        # in the channel; send_file refuses a symlinked file as well.
+        return os.path.join(self.server.root_str, channel.name, path.relpath)
 
     async def _proxy(self, scope: Scope, send: Send, channel: Channel, path: FilePath) -> None:
         proxy = self.server.proxy(channel)
@@ -160,28 +170,25 @@ class ChannelFiles:
             except ProxyError as exc:
                 await send_text(send, exc.status, exc.message, head=head)
                 return
-            opened = self._open(channel, path)
-            if opened is None:
-                await send_text(send, 404, "not found", head=head)
-                return
             extra = proxy.stale_headers(meta) if stale else []
-            await send_file(scope, send, *opened, path.filename, channel.private, extra)
+            where = self._path(channel, path)
+            if not await send_file(scope, send, where, path.filename, channel.private, extra):
+                await send_text(send, 404, "not found", head=head)
             return
         if not path.subdir:
-            if await proxy.channeldata():
-                opened = self._open(channel, path)
-                if opened is not None:
-                    await send_file(scope, send, *opened, path.filename, channel.private)
-                    return
-            await send_text(send, 404, "not found", head=head)
+            where = self._path(channel, path)
+            if not (
+                await proxy.channeldata()
+                and await send_file(scope, send, where, path.filename, channel.private)
+            ):
+                await send_text(send, 404, "not found", head=head)
             return
-        opened = self._open(channel, path) if is_package(path.filename) else None
-        if opened is not None:
-            await send_file(scope, send, *opened, path.filename, channel.private)
-        elif is_package(path.filename):
-            await proxy.package(scope, send, path.subdir, path.filename)
-        else:
+        if not is_package(path.filename):
             await send_text(send, 404, "not found", head=head)
+        elif not await send_file(
+            scope, send, self._path(channel, path), path.filename, channel.private
+        ):
+            await proxy.package(scope, send, path.subdir, path.filename)
 
 
 def as_json_request(scope: Scope) -> Scope:

@@ -67,43 +67,30 @@ def _last_modified(mtime: float) -> bytes:
     return cached
 
 
-def open_file(path: str) -> tuple[int, os.stat_result] | None:
-    """An fd on a regular file, or None (missing, a folder, a special file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        os.close(fd)
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        return None
-    return fd, st
-
-
 async def send_file(
     scope: Scope,
     send: Send,
-    fd: int,
-    st: os.stat_result,
+    path: str,
     filename: str,
     private: bool,
     extra: Headers | None = None,
-) -> None:
-    """Answer GET/HEAD for an open file (and close it): 200, 206, 304 or 416."""
+) -> bool:
+    """Answer GET/HEAD for a regular file: 200, 206, 304 or 416. False (nothing sent) when
+    path is not a regular file; a symlink never is (lstat, then O_NOFOLLOW)."""
     try:
-        await _send_file(scope, send, fd, st, filename, private, extra or [])
-    finally:
-        os.close(fd)
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    await _send_file(scope, send, path, st, filename, private, extra or [])
+    return True
 
 
 async def _send_file(
     scope: Scope,
     send: Send,
-    fd: int,
+    path: str,
     st: os.stat_result,
     filename: str,
     private: bool,
@@ -133,8 +120,35 @@ async def _send_file(
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
         return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        await send_text(send, 404, "not found", head=head)
+        return
+    try:
+        await _send_body(scope, send, fd, filename, headers, (rng, if_range))
+    finally:
+        os.close(fd)
+
+
+async def _send_body(
+    scope: Scope,
+    send: Send,
+    fd: int,
+    filename: str,
+    headers: Headers,
+    ranges: tuple[str | None, str | None],
+) -> None:
+    head = scope["method"] == "HEAD"
+    st = os.fstat(fd)  # the file we opened, even if it was replaced since the lstat
+    size = st.st_size
+    etag = make_etag(size, st.st_mtime_ns, st.st_ino)
+    last_modified = _last_modified(st.st_mtime)
+    headers[0] = (b"etag", etag.encode())
+    headers[1] = (b"last-modified", last_modified)
     headers.append((b"accept-ranges", b"bytes"))
     headers.append((b"content-type", content_type(filename).encode()))
+    rng, if_range = ranges
     status, start, end = 200, 0, size - 1
     if (
         rng is not None

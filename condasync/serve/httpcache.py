@@ -28,6 +28,8 @@ def not_modified(
 ) -> bool:
     """RFC 9110 §13.1: If-None-Match wins; If-Modified-Since is only looked at without it."""
     if if_none_match is not None:
+        if if_none_match == etag:
+            return True
         tags = [t.strip() for t in if_none_match.split(",")]
         return "*" in tags or etag in tags or f"W/{etag}" in tags
     if if_modified_since is not None:
