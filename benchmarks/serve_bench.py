@@ -157,7 +157,8 @@ def main() -> int:
     c, n = results["condasync"], results["nginx"]
     summary = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "machine": f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}",
+        "machine": f"{os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}",
         "command": " ".join(["python", "benchmarks/serve_bench.py", *sys.argv[1:]]),
         "results": results,
         "package_ratio": round(c["package_MBps"] / n["package_MBps"], 3),
