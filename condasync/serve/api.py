@@ -228,7 +228,7 @@ def build_api(server: Server) -> FastAPI:
         server.reload()
         return channel.to_dict()
 
-    @app.get("/api/channels", response_model=list[ChannelOut], tags=["channels"])
+    @app.get("/api/channels", response_model=list[ChannelOut], responses=R403, tags=["channels"])
     def get_channels(who: Caller) -> list[dict[str, Any]]:
         """Every channel this caller may read (private ones only with a role on them)."""
         return [c.to_dict() for c in server.channels() if can_read(who, c.name, c.private)]
@@ -261,7 +261,13 @@ def build_api(server: Server) -> FastAPI:
     @app.get(
         "/api/channels/{name}/packages",
         response_model=list[PackageOut],
-        responses={**R401, **R403, **R404, 502: _err("Upstream failed (proxy channel)")},
+        responses={
+            **R401,
+            **R403,
+            **R404,
+            502: _err("Upstream failed (proxy channel)"),
+            504: _err("Upstream timed out (proxy channel)"),
+        },
         tags=["channels"],
     )
     async def get_packages(

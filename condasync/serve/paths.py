@@ -48,7 +48,7 @@ class FilePath:
 
 
 def is_channel_name(name: str) -> bool:
-    return bool(CHANNEL_NAME_RE.match(name)) and ".." not in name
+    return bool(CHANNEL_NAME_RE.match(name))
 
 
 def _segment(raw: str) -> str | None:
