@@ -139,6 +139,9 @@ def caller(
 ) -> Identity | None:
     """The key's identity; 403 for a key that is unknown or revoked, None for no key."""
     if not key:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    if not key:
         return None
     server: Server = request.app.state.server
     who = server.identify(key)

@@ -25,7 +25,7 @@ PROXY_INDEXES = ("repodata.json", "repodata.json.zst")
 class Server:
     """Shared state of one `condasync serve` process."""
 
-    def __init__(self, root: Path, db: Database, upstream_timeout: float = 20.0) -> None:
+    def __init__(self, root: Path, db: Database, upstream_timeout: float = 10.0) -> None:
         self.root = Path(os.path.realpath(root))
         self.root_str = str(self.root)
         self.db = db

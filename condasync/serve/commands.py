@@ -65,7 +65,7 @@ def serve(
     ] = 600,
     upstream_timeout: Annotated[
         float, typer.Option("--upstream-timeout", help="Seconds before a silent upstream is 504.")
-    ] = 20.0,
+    ] = 10.0,
 ) -> None:
     """Serve every channel under DIR at /channels/<name>, with the API at /api (docs: /docs)."""
     from condasync.serve.db import Channel

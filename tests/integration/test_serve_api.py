@@ -113,6 +113,9 @@ def test_private_channel_needs_a_role_for_files_too(
     assert c.get(f"/t/{reader}/channels/secret/noarch/dependent-2.0-0.conda").status_code == 200
     assert c.get("/api/channels/secret").status_code == 401
     assert c.get("/api/channels/secret", headers={"X-API-Key": reader}).status_code == 200
+    bearer = {"Authorization": f"Bearer {reader}"}
+    assert c.get("/api/channels/secret", headers=bearer).status_code == 200
+    assert c.get(url, headers=bearer).status_code == 200
     assert "secret" not in {ch["name"] for ch in c.get("/api/channels").json()}
     # a channel member may read but not synchronize or delete
     assert c.delete("/api/channels/secret", headers={"X-API-Key": reader}).status_code == 403
@@ -147,6 +150,14 @@ def test_apikey_cli(tmp_path: Path, run_cli: Callable[..., CliResult]) -> None:
     assert run_cli("apikey", "revoke", root, "999").returncode != 0
     assert run_cli("apikey", "revoke", root, "1").returncode == 0
     assert '"revoked":true' in run_cli("apikey", "list", root, "--json").stdout
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    made = run_cli(
+        "apikey", "create", root, "--db", other, "--channel", "c", "--role", "maintainer"
+    )
+    assert made.returncode == 0 and (tmp_path / "elsewhere.db").is_file()
+    assert (
+        '"channels":{"c":"maintainer"}' in run_cli("apikey", "list", "--db", other, "--json").stdout
+    )
 
 
 def test_openapi_declares_errors(api_server: ServeProcess) -> None:
