@@ -334,29 +334,30 @@ def build_api(server: Server) -> FastAPI:
         kind = channel.mirror_mode or "static"
         raise HTTPException(405, f"channel {name!r} is read only ({kind} channel)")
 
-    @app.api_route(
-        "/channels/{name}/{subdir}/{filename}",
-        methods=["GET", "HEAD"],
-        response_class=Response,
-        responses=FILE_RESPONSES,
-        tags=["files"],
-        summary="A channel file: index or package",
-    )
     async def channel_file(name: Name, subdir: str, filename: str, request: Request) -> Response:
-        """Proxy channels fetch from upstream on a miss. Send the key as X-API-Key, or put
-        it in the URL as /t/<key>/channels/..., for a private channel."""
+        """A channel file: an index or a package. Proxy channels fetch from upstream on a
+        miss. For a private channel send the key as X-API-Key, or in the URL as
+        /t/<key>/channels/..."""
         return _Delegate(files, request)
 
-    @app.api_route(
-        "/channels/{name}/channeldata.json",
-        methods=["GET", "HEAD"],
-        response_class=Response,
-        responses=FILE_RESPONSES,
-        tags=["files"],
-        summary="A channel's channeldata.json",
-    )
     async def channel_data(name: Name, request: Request) -> Response:
+        """A channel's channeldata.json."""
         return _Delegate(files, request)
+
+    for method in ("GET", "HEAD"):
+        for path, endpoint in (
+            ("/channels/{name}/{subdir}/{filename}", channel_file),
+            ("/channels/{name}/channeldata.json", channel_data),
+        ):
+            app.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                operation_id=f"{method.lower()}_{endpoint.__name__}",
+                response_class=Response,
+                responses=FILE_RESPONSES,
+                tags=["files"],
+            )
 
     return app
 

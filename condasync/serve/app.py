@@ -188,7 +188,7 @@ class ChannelFiles:
         elif not await send_file(
             scope, send, self._path(channel, path), path.filename, channel.private
         ):
-            await proxy.package(scope, send, path.subdir, path.filename)
+            await proxy.package(scope, send, path.subdir, path.filename, channel.private)
 
 
 def as_json_request(scope: Scope) -> Scope:

@@ -270,7 +270,9 @@ class ProxyChannel:
 
     # packages --------------------------------------------------------------------------------
 
-    async def package(self, scope: Scope, send: Send, subdir: str, filename: str) -> None:
+    async def package(
+        self, scope: Scope, send: Send, subdir: str, filename: str, private: bool = False
+    ) -> None:
         """Answer a request for a package that is not cached yet."""
         try:
             table = await self.records(subdir)
@@ -285,7 +287,7 @@ class ProxyChannel:
         head = scope["method"] == "HEAD"
         headers: Headers = [
             (b"content-type", b"application/octet-stream"),
-            (b"cache-control", cache_control(filename, False).encode()),
+            (b"cache-control", cache_control(filename, private).encode()),
         ]
         if head:
             headers.append((b"content-length", str(size).encode()))
