@@ -5,24 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import datetime
-from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any
 
-import orjson
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from condasync import __version__
-from condasync.repodata import parse_repodata
 from condasync.serve.app import ChannelFiles, Server
+from condasync.serve.catalog import channel_subdirs, read_indexes, read_json
 from condasync.serve.db import Channel, ChannelExists
 from condasync.serve.packages import list_packages
-from condasync.serve.paths import CHANNEL_NAME_RE, is_channel_name
+from condasync.serve.paths import is_channel_name
 from condasync.serve.roles import (
     Identity,
     can_create_channel,
@@ -30,106 +26,21 @@ from condasync.serve.roles import (
     can_read,
     can_synchronize,
 )
-from condasync.sync import KNOWN_SUBDIRS
-
-
-class Error(BaseModel):
-    detail: str
-
-
-class ChannelIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    name: str = Field(pattern=CHANNEL_NAME_RE.pattern, examples=["proxy-channel"])
-    private: bool = False
-    mirror_channel_url: str = Field(examples=["https://conda.anaconda.org/btel"])
-    mirror_mode: Literal["proxy", "mirror"]
-    ttl: int = Field(600, ge=0, le=10 * 365 * 86400, description="Proxy index TTL in seconds.")
-
-    @field_validator("mirror_channel_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError("mirror_channel_url must be an http:// or https:// URL")
-        return value
-
-
-class ChannelOut(BaseModel):
-    name: str
-    private: bool
-    mirror_channel_url: str | None
-    mirror_mode: Literal["proxy", "mirror"] | None = Field(
-        description="null for a plain tree found in DIR without a database row"
-    )
-    ttl: int
-
-
-class ActionIn(BaseModel):
-    action: Literal["synchronize"]
-    start_at: datetime | None = None
-    repeat_every_seconds: int | None = Field(None, ge=1)
-
-
-class TaskOut(BaseModel):
-    id: int
-    channel: str
-    action: str
-    status: Literal["pending", "running", "success", "failed"]
-    created_at: str | None
-    start_at: str | None
-    started_at: str | None
-    finished_at: str | None
-    repeat_every_seconds: int | None
-    report: dict[str, Any] | None = Field(description="The mirror report (condasync mirror --json)")
-    error: str | None
-
-
-class PackageOut(BaseModel):
-    name: str
-    latest_version: str
-    current_version: str
-    summary: str | None
-    subdirs: list[str]
-    platforms: list[str]
-
-
-class Deleted(BaseModel):
-    name: str
-    deleted: bool
-
-
-Responses = dict[int | str, dict[str, Any]]
-
-
-def _err(description: str) -> dict[str, Any]:
-    return {"model": Error, "description": description}
-
-
-R401: Responses = {401: _err("No API key given (X-API-Key header)")}
-R403: Responses = {403: _err("Invalid or revoked key, or a key without the role this needs")}
-R404: Responses = {404: _err("No such channel")}
-R405: Responses = {405: _err("Not possible for this kind of channel")}
-R409: Responses = {409: _err("A channel with this name exists")}
-FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The file (packages: immutable; indexes: short max-age, revalidate)",
-        "content": {
-            "application/octet-stream": {},
-            "application/json": {},
-            "application/zstd": {},
-            "application/x-bzip2": {},
-        },
-    },
-    206: {"description": "Partial content (Range)"},
-    304: {"description": "Not modified (If-None-Match / If-Modified-Since)"},
-    401: {"description": "Private channel and no API key"},
-    403: {"description": "Private channel and a key without a role on it"},
-    404: {"description": "No such channel or file (also any traversal attempt)"},
-    416: {"description": "Range not satisfiable"},
-    502: {"description": "Proxy channel: upstream failed or sent a corrupt file"},
-    504: {"description": "Proxy channel: upstream timed out"},
-}
+from condasync.serve.schemas import (
+    FILE_RESPONSES,
+    R401,
+    R403,
+    R404,
+    R405,
+    R409,
+    ActionIn,
+    ChannelIn,
+    ChannelOut,
+    Deleted,
+    PackageOut,
+    TaskOut,
+    err,
+)
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -268,8 +179,8 @@ def build_api(server: Server) -> FastAPI:
             **R401,
             **R403,
             **R404,
-            502: _err("Upstream failed (proxy channel)"),
-            504: _err("Upstream timed out (proxy channel)"),
+            502: err("Upstream failed (proxy channel)"),
+            504: err("Upstream timed out (proxy channel)"),
         },
         tags=["channels"],
     )
@@ -282,14 +193,9 @@ def build_api(server: Server) -> FastAPI:
         what upstream offers."""
         channel = readable(name, who)
         root = server.channel_dir(channel.name)
-        if channel.mirror_mode == "proxy":
-            subdirs = await _proxy_subdirs(server, channel)
-        else:
-            subdirs = sorted(
-                p.name for p in _subdir_folders(root) if (p / "repodata.json").is_file()
-            )
-        indexes = await asyncio.to_thread(_read_indexes, root, subdirs)
-        channeldata = await asyncio.to_thread(_read_json, root / "channeldata.json")
+        subdirs = await channel_subdirs(server, channel)
+        indexes = await asyncio.to_thread(read_indexes, root, subdirs)
+        channeldata = await asyncio.to_thread(read_json, root / "channeldata.json")
         return list_packages(indexes, channeldata, q)
 
     @app.put(
@@ -311,7 +217,7 @@ def build_api(server: Server) -> FastAPI:
         return task.to_dict()
 
     @app.get(
-        "/api/tasks/{task_id}", response_model=TaskOut, responses={404: _err("No such task")},
+        "/api/tasks/{task_id}", response_model=TaskOut, responses={404: err("No such task")},
         tags=["tasks"],
     )  # fmt: skip
     def get_task(task_id: int) -> dict[str, Any]:
@@ -323,7 +229,7 @@ def build_api(server: Server) -> FastAPI:
     @app.post(
         "/api/channels/{name}/files",
         status_code=201,
-        responses={**R401, **R403, **R404, 405: _err("The channel is read only")},
+        responses={**R401, **R403, **R404, 405: err("The channel is read only")},
         tags=["channels"],
         summary="Upload packages (proxy and mirror channels are read only)",
     )
@@ -360,69 +266,3 @@ def build_api(server: Server) -> FastAPI:
             )
 
     return app
-
-
-def _subdir_folders(root: os.PathLike[str]) -> list[Any]:
-    from pathlib import Path as _P
-
-    base = _P(root)
-    if not base.is_dir():
-        return []
-    return [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
-
-
-async def _proxy_subdirs(server: Server, channel: Channel) -> list[str]:
-    from condasync import fetch
-    from condasync.serve.proxy import ProxyError
-    from condasync.urls import join
-
-    proxy = server.proxy(channel)
-    subdirs: list[str] = []
-    if await proxy.channeldata():
-        doc = _read_json(server.channel_dir(channel.name) / "channeldata.json") or {}
-        listed = doc.get("subdirs")
-        if isinstance(listed, list):
-            subdirs = [s for s in listed if isinstance(s, str)]
-    if not subdirs:
-
-        async def probe(subdir: str) -> str | None:
-            for name in ("repodata.json.zst", "repodata.json"):
-                try:
-                    if await fetch.exists(proxy.client, join(proxy.base, subdir, name)):
-                        return subdir
-                except Exception:
-                    return None
-            return None
-
-        found = await asyncio.gather(*(probe(s) for s in KNOWN_SUBDIRS))
-        subdirs = [s for s in found if s]
-    ready = []
-    for subdir in dict.fromkeys(subdirs):
-        try:
-            await proxy.index(subdir)
-        except ProxyError as exc:
-            if exc.status != 404:
-                raise HTTPException(exc.status, exc.message) from None
-            continue
-        ready.append(subdir)
-    return ready
-
-
-def _read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as fh:
-            doc = orjson.loads(fh.read())
-    except (OSError, orjson.JSONDecodeError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
-def _read_indexes(root: os.PathLike[str], subdirs: list[str]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for subdir in subdirs:
-        try:
-            with open(os.path.join(root, subdir, "repodata.json"), "rb") as fh:
-                out[subdir] = parse_repodata(fh.read(), subdir).records
-        except (OSError, ValueError):
-            continue
-    return out

@@ -34,6 +34,7 @@ from condasync.repodata import (
 )
 from condasync.serve.files import CHUNK, Headers, Scope, Send, send_text
 from condasync.serve.paths import cache_control
+from condasync.serve.stream import Download, relay
 from condasync.storage import STAGING, STATE_DIR, LocalStorage
 from condasync.urls import join
 
@@ -69,30 +70,6 @@ class IndexMeta:
     package_base: str = ""
     error: str | None = None  # the last refresh failure, cleared by a success
     failed_at: float = 0.0
-
-
-@dataclass
-class Download:
-    """One upstream download shared by every client that asked for the file meanwhile."""
-
-    size: int
-    temp: Path
-    state: str = "starting"  # starting -> streaming -> done | failed
-    written: int = 0
-    status: int = 0
-    message: str = ""
-
-    def __post_init__(self) -> None:
-        self._changed = asyncio.Event()
-
-    @property
-    def event(self) -> asyncio.Event:
-        """Set at the next change of state or size; take it before looking at the state."""
-        return self._changed
-
-    def notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
 
 
 class ProxyChannel:
@@ -307,7 +284,7 @@ class ProxyChannel:
         fd = os.open(download.temp if download.state != "done" else self._final(key), os.O_RDONLY)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            await _relay(send, fd, download)
+            await relay(send, fd, download)
         finally:
             os.close(fd)
 
@@ -372,35 +349,6 @@ class ProxyChannel:
             if dl.state != "done":
                 dl.temp.unlink(missing_ok=True)
             dl.notify()
-
-
-async def _relay(send: Send, fd: int, dl: Download) -> None:
-    """Send what the download has written so far, holding back the last byte until the whole
-    file is verified; on a failure, abort so the client never holds a complete-looking body."""
-    sent = 0
-    while True:
-        event, state = dl.event, dl.state
-        limit = dl.size if state == "done" else min(dl.written, dl.size - 1)
-        if sent < limit:
-            chunk = os.pread(fd, min(CHUNK, limit - sent), sent)
-            if not chunk:
-                raise OSError("cache file ended early")
-            sent += len(chunk)
-            done = state == "done" and sent == dl.size
-            await send({"type": "http.response.body", "body": chunk, "more_body": not done})
-            if done:
-                return
-        elif state == "done":
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        elif state == "failed":
-            raise ProxyAborted(dl.message)
-        else:
-            await event.wait()
-
-
-class ProxyAborted(Exception):
-    """Raised mid-response so the server drops the connection (a short body, never a bad one)."""
 
 
 def _is_object(data: bytes) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from condasync.serve.proxy import Download, ProxyAborted, _relay
+from condasync.serve.stream import Download, ProxyAborted, relay
 
 DATA = b"0123456789" * 1000
 
@@ -29,7 +29,7 @@ async def _run(tmp_path: Path, outcome: str) -> tuple[list[bytes], BaseException
             finished.set()
 
     fd = os.open(temp, os.O_RDONLY)
-    relay = asyncio.ensure_future(_relay(send, fd, dl))
+    task = asyncio.ensure_future(relay(send, fd, dl))
     with open(temp, "ab") as fh:
         for i in range(0, len(DATA), 3000):
             fh.write(DATA[i : i + 3000])
@@ -43,7 +43,7 @@ async def _run(tmp_path: Path, outcome: str) -> tuple[list[bytes], BaseException
     dl.notify()
     error: BaseException | None = None
     try:
-        await asyncio.wait_for(relay, 5)
+        await asyncio.wait_for(task, 5)
     except ProxyAborted as exc:
         error = exc
     os.close(fd)
