@@ -31,16 +31,20 @@ def _staging_empty(root: Path) -> bool:
 def test_rattler_installs_through_proxy_then_from_cache(
     tmp_path: Path,
     start_serve: Callable[..., ServeProcess],  # noqa: F811
-    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    real_channel: Channel,
     rattler_install: Callable[..., RattlerResult],
 ) -> None:
-    server = start_serve(None, "--proxy", f"{channel_server.url}/", "--name", "up")
-    url = f"{server.url}/channels/up"
+    # upstream at http://host/upstream/: `serve --proxy` names the channel after the last segment
+    channel_server = serve(real_channel.root.parent)
+    server = start_serve(None, "--proxy", f"{channel_server.url}/{real_channel.root.name}/")
+    assert server.client.get("/api/channels/upstream").json()["mirror_mode"] == "proxy"
+    url = f"{server.url}/channels/upstream"
     first = rattler_install(url, ["dependent", "_r-mutex"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     names = {r["name"] for r in first.records}
     assert {"dependent", "dependency", "_r-mutex"} <= names
-    assert (server.root / "up" / DEPENDENT).is_file()
+    assert (server.root / "upstream" / DEPENDENT).is_file()
     channel_server.stop()
     second = rattler_install(url, ["dependent", "_r-mutex"], tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
