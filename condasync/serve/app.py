@@ -4,6 +4,7 @@ which answers channel files itself and hands everything else to the FastAPI app.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import threading
@@ -16,7 +17,10 @@ from condasync.serve.files import Receive, Scope, Send, send_file, send_text
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
 from condasync.serve.proxy import ProxyChannel
 from condasync.serve.roles import Identity, can_read
+from condasync.serve.stream import ProxyAborted
 from condasync.serve.tasks import TaskRunner
+
+LOG = logging.getLogger("uvicorn.error")
 
 STATIC_RECHECK = 2.0  # seconds a plain tree found in DIR is trusted to still be there
 PROXY_INDEXES = ("repodata.json", "repodata.json.zst")
@@ -188,7 +192,11 @@ class ChannelFiles:
         elif not await send_file(
             scope, send, self._path(channel, path), path.filename, channel.private
         ):
-            await proxy.package(scope, send, path.subdir, path.filename, channel.private)
+            try:
+                await proxy.package(scope, send, path.subdir, path.filename, channel.private)
+            except ProxyAborted as exc:
+                # Returning with the body incomplete makes the server drop the connection.
+                LOG.warning("%s/%s/%s: %s", channel.name, path.subdir, path.filename, exc)
 
 
 def as_json_request(scope: Scope) -> Scope:
