@@ -17,11 +17,11 @@ from condasync.errors import EXIT_USAGE
 apikey_app = typer.Typer(help="Manage API keys offline (same database as `serve`).")
 
 DirArg = Annotated[
-    Path, typer.Argument(metavar="DIR", help="Folder holding the channels [default: .].")
+    Path, typer.Argument(metavar="DIR", help="Folder holding the channels (default: here).")
 ]
 DbOpt = Annotated[
     str | None,
-    typer.Option("--db", help="SQLAlchemy URL [default: sqlite:///DIR/.condasync/condasync.db]."),
+    typer.Option("--db", help="SQLAlchemy URL (default: sqlite:///DIR/.condasync/condasync.db)."),
 ]
 ROLE_CHOICES = ("owner", "maintainer", "member")
 
@@ -58,7 +58,7 @@ def serve(
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Name of the --proxy channel [default: last URL segment]."),
+        typer.Option("--name", help="Name of the --proxy channel (default: last URL segment)."),
     ] = None,
     ttl: Annotated[
         int, typer.Option("--ttl", help="Seconds a --proxy channel's index stays fresh.")
