@@ -16,9 +16,7 @@ from condasync.errors import EXIT_USAGE
 
 apikey_app = typer.Typer(help="Manage API keys offline (same database as `serve`).")
 
-DirArg = Annotated[
-    Path, typer.Argument(metavar="DIR", help="Folder holding the channels (default: here).")
-]
+DirArg = Annotated[Path, typer.Argument(metavar="DIR", help="Folder holding the channels.")]
 DbOpt = Annotated[
     str | None,
     typer.Option("--db", help="SQLAlchemy URL (default: sqlite:///DIR/.condasync/condasync.db)."),
