@@ -88,7 +88,7 @@ def serve(
     elif name is not None:
         raise _fail("--name only goes with --proxy")
     database.interrupt_stale_tasks()
-    if database.key_count() == 0:
+    if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
     _run(target, database, host, port, upstream_timeout)

@@ -265,9 +265,13 @@ class Database:
 
     # keys ------------------------------------------------------------------------------------
 
-    def key_count(self) -> int:
+    def has_owner(self) -> bool:
+        """Whether any unrevoked key holds the server owner role."""
         with self.session() as s:
-            return len(list(s.scalars(select(ApiKeyRow.id).where(ApiKeyRow.revoked.is_(False)))))
+            query = select(ApiKeyRow.id).where(
+                ApiKeyRow.revoked.is_(False), ApiKeyRow.role == "owner"
+            )
+            return s.scalar(query.limit(1)) is not None
 
     def create_key(
         self,
