@@ -86,6 +86,7 @@ class ProxyChannel:
         self._downloads: dict[str, Download] = {}
         self._records: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._missing: dict[str, float] = {}  # subdirs upstream answered 404 for: when
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -136,6 +137,9 @@ class ProxyChannel:
         """Make sure a snapshot of subdir's index is cached; (meta, served stale)."""
         meta = self.meta(subdir)
         if meta is None or not self._cached(subdir):
+            missing_since = self._missing.get(subdir)
+            if missing_since is not None and time.time() - missing_since < min(self.ttl, 60):
+                raise ProxyError(404, f"upstream has no {subdir}/repodata.json")
             return await self._once(f"index:{subdir}", lambda: self._refresh(subdir)), False
         age = time.time() - meta.fetched_at
         if age < self.ttl:
@@ -187,6 +191,7 @@ class ProxyChannel:
             return old
         if fetched.missing or fetched.body is None:
             if subdir != "noarch":
+                self._missing[subdir] = time.time()  # asked again only after a while
                 raise ProxyError(404, f"upstream has no {subdir}/repodata.json")
             fetched.body = dump_repodata(empty_repodata("noarch"))
         package_base, body = await asyncio.to_thread(
