@@ -32,7 +32,7 @@ from condasync.repodata import (
     parse_repodata,
     partition_records,
 )
-from condasync.serve.files import CHUNK, Headers, Scope, Send, send_text
+from condasync.serve.files import CHUNK, Headers, Scope, Send, send_file, send_text
 from condasync.serve.paths import cache_control
 from condasync.serve.stream import Download, relay
 from condasync.storage import STAGING, STATE_DIR, LocalStorage
@@ -280,6 +280,14 @@ class ProxyChannel:
         download = self._downloads.get(key)
         if download is None:
             download = self._start_download(subdir, filename, size, digest)
+        if any(name == b"range" for name, _ in scope["headers"]):
+            # A range of a file still in flight: wait for the verified file, then serve it.
+            while download.state not in ("done", "failed"):
+                await download.event.wait()
+            if download.state == "done":
+                final = str(self._final(key))
+                if await send_file(scope, send, final, filename, private):
+                    return
         while download.state == "starting":
             await download.event.wait()
         if download.state == "failed":

@@ -62,6 +62,8 @@ def test_json_and_zst_are_one_snapshot(
     assert zst.status_code == 200 and zst.headers["content-type"] == "application/zstd"
     plain = c.get("/channels/up/linux-64/repodata.json")
     assert zstandard.ZstdDecompressor().decompressobj().decompress(zst.content) == plain.content
+    first = c.get(f"/channels/up/{ZLIB}", headers={"Range": "bytes=100-199"})  # not cached yet
+    assert first.status_code == 206 and len(first.content) == 100
     assert c.get(f"/channels/up/{ZLIB}", headers={"If-None-Match": '"x"'}).status_code == 200
     assert c.head(f"/channels/up/{ZLIB}").status_code == 200
     for optional in ("repodata_shards.msgpack.zst", "repodata.json.bz2", "current_repodata.json"):
