@@ -4,6 +4,7 @@ and `repeat_every_seconds`, and records status and report in the database."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -50,6 +51,11 @@ class TaskRunner:
                 delay = (start_at - utcnow()).total_seconds()
                 if delay > 0 and self._stop.wait(delay):
                     return
+            if self.db.channel(channel.name) is None:
+                self.db.update_task(
+                    task.id, status="failed", error="channel deleted", finished_at=utcnow()
+                )
+                return
             self.db.update_task(task.id, status="running", started_at=utcnow())
             try:
                 report = run_mirror(
@@ -67,12 +73,14 @@ class TaskRunner:
             self.db.update_task(
                 task.id, status=status, report=doc, error=error, finished_at=utcnow()
             )
+            if self.db.channel(channel.name) is None:
+                # Deleted while the sync ran: the engine may have written files since.
+                shutil.rmtree(self.root / channel.name, ignore_errors=True)
+                return
             repeat = task.repeat_every_seconds
             if not repeat or self._stop.is_set():
                 return
             with self._lock:
-                if self.db.channel(channel.name) is None:
-                    return  # deleted meanwhile
                 task = self.db.create_task(
                     channel.name, "synchronize", utcnow() + timedelta(seconds=repeat), repeat
                 )
