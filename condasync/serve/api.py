@@ -7,6 +7,7 @@ import asyncio
 import os
 from typing import Annotated, Any
 
+import anyio
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -168,7 +169,9 @@ def build_api(server: Server) -> FastAPI:
         if not can_delete_channel(who, channel.name):
             raise HTTPException(403, "deleting a channel needs the owner role")
         server.db.delete_channel(channel.name)
-        server.remove_files(channel.name)
+        proxy = server.remove_files(channel.name)
+        if proxy is not None:
+            anyio.from_thread.run(proxy.close)  # we run in a worker thread of the event loop
         server.reload()
         return {"name": channel.name, "deleted": True}
 

@@ -92,10 +92,12 @@ class Server:
             self._proxies[channel.name] = proxy
         return proxy
 
-    def remove_files(self, name: str) -> None:
-        self._proxies.pop(name, None)
+    def remove_files(self, name: str) -> ProxyChannel | None:
+        """Forget a channel and delete its folder; returns its proxy, for the caller to close."""
+        proxy = self._proxies.pop(name, None)
         self._static.pop(name, None)
         shutil.rmtree(self.channel_dir(name), ignore_errors=True)
+        return proxy
 
     async def close(self) -> None:
         self.tasks.stop()
