@@ -15,7 +15,7 @@ from typing import Any
 from condasync.serve.db import Channel, Database
 from condasync.serve.files import Receive, Scope, Send, send_file, send_text
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
-from condasync.serve.proxy import ProxyChannel
+from condasync.serve.proxy import ProxyChannel, ProxyError
 from condasync.serve.roles import Identity, can_read
 from condasync.serve.stream import ProxyAborted
 from condasync.serve.tasks import TaskRunner
@@ -168,8 +168,6 @@ class ChannelFiles:
     async def _proxy(self, scope: Scope, send: Send, channel: Channel, path: FilePath) -> None:
         proxy = self.server.proxy(channel)
         head = scope["method"] == "HEAD"
-        from condasync.serve.proxy import ProxyError
-
         if path.subdir and path.filename in PROXY_INDEXES:
             try:
                 meta, stale = await proxy.index(path.subdir)
