@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +55,14 @@ def test_rattler_installs_through_proxy_then_from_cache(
 def test_json_and_zst_are_one_snapshot(
     start_serve: Callable[..., ServeProcess],  # noqa: F811
     channel_server: ChannelServer,
+    real_channel: Channel,
 ) -> None:
+    channeldata = {
+        "channeldata_version": 1,
+        "subdirs": ["linux-64", "noarch", "osx-64"],
+        "packages": {"zlib": {"summary": "compression library"}},
+    }
+    (real_channel.root / "channeldata.json").write_text(json.dumps(channeldata))
     server = start_serve()
     assert server.create_channel("up", channel_server.url, "proxy").status_code == 201
     c = server.client
@@ -69,6 +77,9 @@ def test_json_and_zst_are_one_snapshot(
     for optional in ("repodata_shards.msgpack.zst", "repodata.json.bz2", "current_repodata.json"):
         assert c.get(f"/channels/up/linux-64/{optional}").status_code == 404, optional
     assert c.get("/channels/up/win-64/repodata.json").status_code == 404
+    cd = c.get("/channels/up/channeldata.json")
+    assert cd.status_code == 200 and cd.json() == channeldata
+    assert cd.headers["content-type"] == "application/json"
     assert c.get("/channels/up/linux-64/not-there-1.0-0.conda").status_code == 404
     listing = c.get("/api/channels/up/packages", params={"q": "zlib"}).json()
     assert listing == [
@@ -76,7 +87,7 @@ def test_json_and_zst_are_one_snapshot(
             "name": "zlib",
             "latest_version": "1.2.11",
             "current_version": "1.2.11",
-            "summary": None,
+            "summary": "compression library",
             "subdirs": ["linux-64", "osx-64"],
             "platforms": ["linux-64", "osx-64"],
         }
