@@ -17,6 +17,8 @@ from condasync.display import PlainListener, RichListener, print_plain_summary, 
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
 from condasync.filters import Filters, compile_spec, parse_cutoff
 from condasync.models import MirrorReport
+from condasync.serve.commands import apikey_app
+from condasync.serve.commands import serve as serve_command
 from condasync.storage import S3Options, open_storage
 from condasync.sync import MirrorJob, run_mirror
 
@@ -273,6 +275,10 @@ def index_command(
             for filename, reason in sub.get("skipped", {}).items():
                 print(f"warning: {name}/{filename!r}: skipped: {reason}", file=sys.stderr)
             print(f"{name}: {sub['packages']} packages indexed", file=sys.stderr)
+
+
+app.command("serve")(serve_command)
+app.add_typer(apikey_app, name="apikey")
 
 
 def _version(value: bool) -> None:

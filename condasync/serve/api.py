@@ -1,0 +1,271 @@
+"""The JSON API (quetz-shaped): channels, package listings, sync actions and tasks; every
+answer, errors included, is declared so that it shows in the OpenAPI schema and /docs."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi_offline import FastAPIOffline
+
+from condasync import __version__
+from condasync.serve.app import ChannelFiles, Server
+from condasync.serve.catalog import channel_subdirs, read_indexes, read_json
+from condasync.serve.db import Channel, ChannelExists
+from condasync.serve.packages import list_packages
+from condasync.serve.paths import is_channel_name
+from condasync.serve.roles import (
+    Identity,
+    can_create_channel,
+    can_delete_channel,
+    can_read,
+    can_synchronize,
+)
+from condasync.serve.schemas import (
+    FILE_RESPONSES,
+    R401,
+    R403,
+    R404,
+    R405,
+    R409,
+    ActionIn,
+    ChannelIn,
+    ChannelOut,
+    Deleted,
+    PackageOut,
+    TaskOut,
+    err,
+)
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def caller(
+    request: Request, key: Annotated[str | None, Security(api_key_header)] = None
+) -> Identity | None:
+    """The key's identity; 403 for a key that is unknown or revoked, None for no key."""
+    if not key:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else None
+    if not key:
+        return None
+    server: Server = request.app.state.server
+    who = server.identify(key)
+    if who is None:
+        raise HTTPException(403, "invalid or revoked API key")
+    return who
+
+
+def required(who: Annotated[Identity | None, Depends(caller)]) -> Identity:
+    if who is None:
+        raise HTTPException(401, "an API key is needed (X-API-Key header)")
+    return who
+
+
+Caller = Annotated[Identity | None, Depends(caller)]
+Required = Annotated[Identity, Depends(required)]
+Name = Annotated[str, Path(description="Channel name")]
+
+
+class _Delegate(Response):
+    """Hands a request on to the raw channel-file handler (which the App normally calls)."""
+
+    def __init__(self, files: ChannelFiles, request: Request) -> None:
+        super().__init__()
+        self.files, self.request = files, request
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.files(scope, receive, send)
+
+
+def build_api(server: Server) -> FastAPI:
+    app = FastAPIOffline(
+        title="condasync",
+        version=__version__,
+        description="Proxy and mirror conda channels. Channel files are at "
+        "`/channels/<name>/<subdir>/<file>`; the API is quetz-shaped.",
+    )
+    app.state.server = server
+    files = ChannelFiles(server)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": str(e.get("type"))}
+            for e in exc.errors()
+        ]
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors
+        )
+        return JSONResponse({"detail": errors, "message": message}, status_code=422)
+
+    def existing(name: str) -> Channel:
+        channel = server.channel(name) if is_channel_name(name) else None
+        if channel is None:
+            raise HTTPException(404, f"no channel named {name!r}")
+        return channel
+
+    def readable(name: str, who: Identity | None) -> Channel:
+        channel = existing(name)
+        if channel.private and who is None:
+            raise HTTPException(401, "this channel is private: an API key is needed")
+        if not can_read(who, channel.name, channel.private):
+            raise HTTPException(403, "this key has no role on this channel")
+        return channel
+
+    @app.post(
+        "/api/channels",
+        status_code=201,
+        response_model=ChannelOut,
+        responses={**R401, **R403, **R409},
+        tags=["channels"],
+        summary="Create a proxy or mirror channel",
+    )
+    def create_channel(body: ChannelIn, who: Required) -> dict[str, Any]:
+        if not can_create_channel(who):
+            raise HTTPException(403, "creating channels needs the server owner or maintainer role")
+        if server.channel(body.name) is not None:
+            raise HTTPException(409, f"channel {body.name!r} exists")
+        channel = Channel(
+            body.name, body.private, body.mirror_channel_url.rstrip("/"), body.mirror_mode, body.ttl
+        )
+        try:
+            server.db.create_channel(channel, owner_key_id=who.key_id)
+        except ChannelExists:
+            raise HTTPException(409, f"channel {body.name!r} exists") from None
+        os.makedirs(server.channel_dir(body.name), exist_ok=True)
+        server.reload()
+        return channel.to_dict()
+
+    @app.get("/api/channels", response_model=list[ChannelOut], responses=R403, tags=["channels"])
+    def get_channels(who: Caller) -> list[dict[str, Any]]:
+        """Every channel this caller may read (private ones only with a role on them)."""
+        return [c.to_dict() for c in server.channels() if can_read(who, c.name, c.private)]
+
+    @app.get(
+        "/api/channels/{name}",
+        response_model=ChannelOut,
+        responses={**R401, **R403, **R404},
+        tags=["channels"],
+    )
+    def get_channel(name: Name, who: Caller) -> dict[str, Any]:
+        return readable(name, who).to_dict()
+
+    @app.delete(
+        "/api/channels/{name}",
+        response_model=Deleted,
+        responses={**R401, **R403, **R404},
+        tags=["channels"],
+        summary="Delete a channel and its files (owner role)",
+    )
+    def delete_channel(name: Name, who: Required) -> dict[str, Any]:
+        channel = existing(name)
+        if not can_delete_channel(who, channel.name):
+            raise HTTPException(403, "deleting a channel needs the owner role")
+        server.db.delete_channel(channel.name)
+        proxy = server.remove_files(channel.name)
+        if proxy is not None:
+            anyio.from_thread.run(proxy.close)  # we run in a worker thread of the event loop
+        server.reload()
+        return {"name": channel.name, "deleted": True}
+
+    @app.get(
+        "/api/channels/{name}/packages",
+        response_model=list[PackageOut],
+        responses={
+            **R401,
+            **R403,
+            **R404,
+            502: err("Upstream failed (proxy channel)"),
+            504: err("Upstream timed out (proxy channel)"),
+        },
+        tags=["channels"],
+    )
+    async def get_packages(
+        name: Name,
+        who: Caller,
+        q: Annotated[str | None, Query(description="Only names containing this")] = None,
+    ) -> list[dict[str, Any]]:
+        """Package names with their latest version, summary and subdirs. A proxy channel lists
+        what upstream offers."""
+        channel = readable(name, who)
+        root = server.channel_dir(channel.name)
+        subdirs = await channel_subdirs(server, channel)
+        indexes = await asyncio.to_thread(read_indexes, root, subdirs)
+        channeldata = await asyncio.to_thread(read_json, root / "channeldata.json")
+        return list_packages(indexes, channeldata, q)
+
+    @app.put(
+        "/api/channels/{name}/actions",
+        response_model=TaskOut,
+        responses={**R401, **R403, **R404, **R405},
+        tags=["tasks"],
+        summary="Synchronize a mirror channel in the background",
+    )
+    def channel_action(name: Name, body: ActionIn, who: Required) -> dict[str, Any]:
+        """Returns the task; while one is pending or running, returns that one instead."""
+        channel = existing(name)
+        if not can_synchronize(who, channel.name):
+            raise HTTPException(403, "synchronize needs the channel owner or maintainer role")
+        if channel.mirror_mode != "mirror":
+            kind = "a proxy channel" if channel.mirror_mode == "proxy" else "not a mirror channel"
+            raise HTTPException(405, f"cannot synchronize {name!r}: {kind}")
+        task, _new = server.tasks.synchronize(channel, body.start_at, body.repeat_every_seconds)
+        return task.to_dict()
+
+    @app.get(
+        "/api/tasks/{task_id}", response_model=TaskOut, responses={404: err("No such task")},
+        tags=["tasks"],
+    )  # fmt: skip
+    def get_task(task_id: int) -> dict[str, Any]:
+        task = server.db.task(task_id)
+        if task is None:
+            raise HTTPException(404, f"no task {task_id}")
+        return task.to_dict()
+
+    @app.post(
+        "/api/channels/{name}/files",
+        status_code=201,
+        responses={**R401, **R403, **R404, 405: err("The channel is read only")},
+        tags=["channels"],
+        summary="Upload packages (proxy and mirror channels are read only)",
+    )
+    def upload(name: Name, who: Required) -> None:
+        channel = existing(name)
+        if not can_synchronize(who, channel.name):
+            raise HTTPException(403, "uploading needs the channel owner or maintainer role")
+        kind = channel.mirror_mode or "static"
+        raise HTTPException(405, f"channel {name!r} is read only ({kind} channel)")
+
+    async def channel_file(name: Name, subdir: str, filename: str, request: Request) -> Response:
+        """A channel file: an index or a package. Proxy channels fetch from upstream on a
+        miss. For a private channel send the key as X-API-Key, or in the URL as
+        /t/<key>/channels/..."""
+        return _Delegate(files, request)
+
+    async def channel_data(name: Name, request: Request) -> Response:
+        """A channel's channeldata.json."""
+        return _Delegate(files, request)
+
+    for method in ("GET", "HEAD"):
+        for path, endpoint in (
+            ("/channels/{name}/{subdir}/{filename}", channel_file),
+            ("/channels/{name}/channeldata.json", channel_data),
+        ):
+            app.add_api_route(
+                path,
+                endpoint,
+                methods=[method],
+                operation_id=f"{method.lower()}_{endpoint.__name__}",
+                response_class=Response,
+                responses=FILE_RESPONSES,
+                tags=["files"],
+            )
+
+    return app
