@@ -10,10 +10,10 @@ import hashlib
 import os
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -31,6 +31,7 @@ from condasync.storage import StagedFile
 from condasync.transport import AiohttpTransport
 from condasync.urls import join, strip_userinfo
 
+T = TypeVar("T")
 CHUNK = 256 * 1024
 BLOCK = 1024 * 1024  # hash-and-write unit of a download
 MAX_RETRY_AFTER = 60.0
@@ -137,6 +138,25 @@ def retrying(retries: int, backoff: float) -> AsyncRetrying:
         wait=_wait(backoff),
         reraise=True,
     )
+
+
+async def with_retries(attempt: Callable[[], Awaitable[T]], retries: int, backoff: float) -> T:
+    """Run attempt(); on a transient failure, retry with `retrying`'s policy.
+
+    The first try runs bare: building tenacity's machinery for each of thousands of small
+    files costs more than downloading them, and almost all succeed at once.
+    """
+    try:
+        return await attempt()
+    except Exception as exc:
+        if retries < 1 or not _is_transient(exc):
+            raise
+        first_wait = exc.retry_after if isinstance(exc, RetryableStatus) else None
+        await asyncio.sleep(backoff if first_wait is None else first_wait)
+    async for retry in retrying(retries - 1, backoff):
+        with retry:
+            return await attempt()
+    raise AssertionError("unreachable: retrying() re-raises the last error")
 
 
 def _raise_for(status: int, retry_after: str | None, what: str) -> None:
@@ -298,13 +318,15 @@ async def download(
     algo, expected = digest.split(":", 1)
     hasher = hashlib.new(algo)
     received = 0
-    block = bytearray()
+    block: list[bytes] = []  # chunks as they came: no joining, no extra copy
+    in_block = 0
     pending: asyncio.Future[None] | None = None
     loop = asyncio.get_running_loop()
 
-    def consume(data: bytes) -> None:
-        hasher.update(data)
-        staged.write(data)
+    def consume(chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            hasher.update(chunk)
+            staged.write(chunk)
 
     try:
         async with _stream(client, url) as chunks:
@@ -312,21 +334,21 @@ async def download(
                 received += len(chunk)
                 if received > size:
                     raise ChecksumMismatch(f"more bytes than the recorded size {size}")
-                block += chunk
+                block.append(chunk)
+                in_block += len(chunk)
                 on_bytes(len(chunk))
-                if len(block) >= BLOCK:
+                if in_block >= BLOCK:
                     if pending is not None:
                         await pending
-                    pending = loop.run_in_executor(None, consume, bytes(block))
-                    block.clear()
+                    pending = loop.run_in_executor(None, consume, block)
+                    block, in_block = [], 0
     finally:
         if pending is not None:
             await asyncio.wait([pending])  # never leave a thread writing to a discarded file
             error = pending.exception()
     if pending is not None and error is not None:
         raise error  # e.g. disk full while writing the block
-    if block:
-        consume(bytes(block))
+    consume(block)
     if received != size:
         raise ChecksumMismatch(f"size mismatch: got {received} bytes, expected {size}")
     if hasher.hexdigest() != expected:

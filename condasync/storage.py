@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import itertools
 import os
 import shutil
 import uuid
@@ -81,6 +82,11 @@ class Storage(Protocol):
     def lock(self, enabled: bool = True) -> AbstractContextManager[None]: ...
 
 
+_RUN = uuid.uuid4().hex[:8]  # temp names: this process's tag and a serial number
+_serial = itertools.count()
+_made: set[Path] = set()  # staging folders known to exist (clear_staging forgets them)
+
+
 class LocalStaged:
     """A file being written for `target`: held in memory while small, then a temp file in
     `<subdir>/.condasync-tmp/`, moved over its target with os.replace on commit.
@@ -98,8 +104,10 @@ class LocalStaged:
     def _spill(self) -> BinaryIO:
         if self._fh is None:
             staging = self.target.parent / STAGING
-            staging.mkdir(parents=True, exist_ok=True)
-            self.path = staging / f"{self.target.name}.{uuid.uuid4().hex[:12]}"
+            if staging not in _made:
+                staging.mkdir(parents=True, exist_ok=True)
+                _made.add(staging)
+            self.path = staging / f"{self.target.name}.{_RUN}.{next(_serial)}"
             self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
             self._fh.write(self._buf)
             self._buf = bytearray()
@@ -241,7 +249,9 @@ class LocalStorage:
         return open(self.path(relpath), "rb")
 
     def clear_staging(self, subdir: str) -> None:
-        shutil.rmtree(self.path(subdir) / STAGING, ignore_errors=True)
+        staging = self.path(subdir) / STAGING
+        _made.discard(staging)
+        shutil.rmtree(staging, ignore_errors=True)
 
     def listing(self, subdir: str) -> dict[str, tuple[int, int]]:
         """{filename: (size, mtime_ns)} of the regular files in a subdir folder."""

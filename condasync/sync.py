@@ -339,6 +339,7 @@ async def _sync_subdir(
     clock = time.monotonic()
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
         local = load_files(storage, subdir)
+        on_disk: dict[str, tuple[int, int]] = {}
         if upstream.check_files:  # keep only what is still there as we left it
             on_disk = storage.listing(subdir)
             local = {
@@ -372,9 +373,11 @@ async def _sync_subdir(
     kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
     try:
         package_base = _package_base(join(base, subdir), index.info)
-        # An object store is listed once (not one HEAD per package) to find objects a killed
-        # run already uploaded; a local tree is statted file by file.
-        present = None if storage.local or not plan.add else storage.listing(subdir)
+        # Files a killed run already put in place are adopted (after hashing) instead of
+        # fetched again. A local folder whose mtime is as our last run left it holds none (a
+        # new name changes it), and one that changed was just listed; an object store has no
+        # folder mtime, so it is listed (one LIST per 1000 objects, not one HEAD per package).
+        present = on_disk if storage.local or not todo else storage.listing(subdir)
         done, staged = await _download_all(
             job, client, package_base, storage, subdir, plan, wanted, present, report, listen
         )
@@ -386,7 +389,8 @@ async def _sync_subdir(
             # the old snapshot, old files included.
             interim = skip | set(staged)
             data = await asyncio.to_thread(_encode, index, subdir, published, interim, kept_removed)
-            await asyncio.to_thread(_write_index, storage, subdir, data, job)
+            # it lives for seconds: the fastest zstd level will do
+            await asyncio.to_thread(_write_index, storage, subdir, data, job, 1)
             del data
             clock = report.timed("interim", clock)
         mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
@@ -515,7 +519,7 @@ def _kept_removed_records(
 
 
 def _write_index(
-    storage: Storage, subdir: str, data: bytes, job: MirrorJob
+    storage: Storage, subdir: str, data: bytes, job: MirrorJob, level: int | None = None
 ) -> dict[str, list[int]]:
     """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state.
 
@@ -523,7 +527,10 @@ def _write_index(
     """
     with ThreadPoolExecutor(2) as pool:
         files: list[tuple[str, bytes | Future[bytes]]] = [
-            (f"{subdir}/repodata.json.zst", pool.submit(compress_zst, data, job.zstd_level))
+            (
+                f"{subdir}/repodata.json.zst",
+                pool.submit(compress_zst, data, level or job.zstd_level),
+            )
         ]
         if job.bz2:
             files.append((f"{subdir}/repodata.json.bz2", pool.submit(bz2.compress, data, 9)))
@@ -545,7 +552,7 @@ async def _download_all(
     subdir: str,
     plan: Plan,
     wanted: dict[str, Lite],
-    present: dict[str, tuple[int, int]] | None,
+    present: dict[str, tuple[int, int]],
     report: SubdirReport,
     listen: Listener,
 ) -> tuple[dict[str, FileState], dict[str, StagedFile]]:
@@ -608,7 +615,7 @@ async def _fetch_one(
     filename: str,
     record: Lite,
     replace: bool,
-    present: dict[str, tuple[int, int]] | None,
+    present: dict[str, tuple[int, int]],
     on_bytes: Callable[[int], None],
 ) -> tuple[FileState | None, StagedFile | None]:
     relpath = f"{subdir}/{filename}"
@@ -616,28 +623,28 @@ async def _fetch_one(
     algo, expected = digest.split(":", 1)
     inline = storage.local and size <= INLINE_BYTES
     adopted = None
-    if replace or present is None or filename in present:
-        known = None if present is None else present.get(filename)
-        adopted = await _maybe_thread(inline, _adopt, storage, relpath, size, algo, expected, known)
+    known = present.get(filename)
+    if known is not None and known[0] == size:
+        adopted = await _maybe_thread(inline, _adopt, storage, relpath, algo, expected, known)
     if adopted is not None:
         return FileState(size, digest, adopted), None
     url = join(package_base, filename)
-    async for attempt in fetch.retrying(job.retries, job.backoff):
-        with attempt:
-            staged = storage.stage(relpath)
-            try:
-                await fetch.download(client, url, staged, size, digest, on_bytes)
-                # one worker-thread call puts the bytes on disk (and in place, for an add)
-                if replace:
-                    await _maybe_thread(inline, staged.close)
-                else:
-                    mtime_ns = await _maybe_thread(inline, staged.commit)
-            except BaseException:
-                staged.discard()
-                raise
-    if replace:
-        return None, staged
-    return FileState(size, digest, mtime_ns), None
+
+    async def attempt() -> tuple[FileState | None, StagedFile | None]:
+        staged = storage.stage(relpath)
+        try:
+            await fetch.download(client, url, staged, size, digest, on_bytes)
+            # one call puts the bytes on disk (and in place, for an add)
+            if replace:
+                await _maybe_thread(inline, staged.close)
+                return None, staged
+            mtime_ns = await _maybe_thread(inline, staged.commit)
+        except BaseException:
+            staged.discard()
+            raise
+        return FileState(size, digest, mtime_ns), None
+
+    return await fetch.with_retries(attempt, job.retries, job.backoff)
 
 
 async def _maybe_thread(inline: bool, func: Callable[..., T], *args: Any) -> T:
@@ -649,17 +656,9 @@ async def _maybe_thread(inline: bool, func: Callable[..., T], *args: Any) -> T:
 
 
 def _adopt(
-    storage: Storage,
-    relpath: str,
-    size: int,
-    algo: str,
-    expected: str,
-    known: tuple[int, int] | None,
+    storage: Storage, relpath: str, algo: str, expected: str, known: tuple[int, int]
 ) -> int | None:
-    """A file an interrupted run already put in place: keep it if its bytes are right.
-    `known` is its (size, mtime_ns) from a listing, when there was one."""
-    existing = known or storage.stat(relpath)
-    if existing is None or existing[0] != size:
-        return None
+    """A file an interrupted run already put in place (size and mtime from a listing): keep
+    it, with its mtime, if its bytes are right."""
     _, actual = storage.hash(relpath, (algo,))
-    return existing[1] if actual[algo] == expected else None
+    return known[1] if actual[algo] == expected else None
