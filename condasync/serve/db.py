@@ -1,12 +1,14 @@
-"""The server's state in SQL (SQLite by default, any SQLAlchemy URL): channels, API keys,
-roles and sync tasks. Every function opens and closes its own short transaction."""
+"""The server's state in SQL (SQLite by default, PostgreSQL for several replicas, any SQLAlchemy
+URL): channels, API keys, roles and sync tasks. Every function opens and closes its own short
+transaction; the claims that keep replicas from running one task twice are single statements."""
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,18 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    or_,
     select,
+    text,
+    update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +38,8 @@ from condasync.serve.roles import Identity, hash_key, new_key, same_hash
 
 STATE_DIR = ".condasync"
 DB_NAME = "condasync.db"
+ACTIVE = ("pending", "running")
+STALE_AFTER = 30.0  # seconds without a heartbeat after which a task's replica is taken as gone
 
 
 def utcnow() -> datetime:
@@ -89,6 +98,21 @@ class TaskRow(Base):
     repeat_every_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
     report: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The replica running the task ("host:pid:random") and when it last said it is alive.
+    owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    # At most one pending or running task per channel, whatever replica asks: the database
+    # refuses a second one, so two replicas racing to create it cannot both win.
+    __table_args__ = (
+        Index(
+            "one_active_task_per_channel",
+            "channel",
+            unique=True,
+            sqlite_where=text("status IN ('pending', 'running')"),
+            postgresql_where=text("status IN ('pending', 'running')"),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -174,6 +198,41 @@ def default_url(root: Path) -> str:
     return f"sqlite:///{root / STATE_DIR / DB_NAME}"
 
 
+def engine_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean the psycopg 3 driver (SQLAlchemy would pick
+    psycopg2, which we do not ship); an explicit `+driver` is kept."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
+def replica_id() -> str:
+    """Who runs a task: host and pid (so a restart on the same host sees its dead tasks at
+    once), and a random part (pids are reused)."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_is_dead(owner: str | None, me: str) -> bool:
+    """Whether owner names a process on this host that no longer runs (a previous life of
+    this one included: in a container every start may get the same pid)."""
+    if not owner:
+        return True
+    host, pid, _ = me.rsplit(":", 2)
+    parts = owner.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != host or not parts[1].isdigit() or owner == me:
+        return False
+    if int(parts[1]) == int(pid):
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -187,6 +246,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        url = engine_url(url)
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///") :]
             if path and path != ":memory:":
@@ -198,8 +258,29 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
+        self._migrate()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Databases made by an earlier version lack the task ownership columns and index."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("tasks")}
+        with self.engine.begin() as conn:
+            if "owner" not in columns:
+                conn.execute(text("ALTER TABLE tasks ADD COLUMN owner VARCHAR(128)"))
+                # No replica of this version runs them: end them before the unique index.
+                conn.execute(
+                    update(TaskRow)
+                    .where(TaskRow.status.in_(ACTIVE))
+                    .values(status="failed", error="interrupted: the server stopped")
+                )
+            if "heartbeat_at" not in columns:
+                kind = (
+                    "TIMESTAMP WITH TIME ZONE" if self.engine.name == "postgresql" else "DATETIME"
+                )
+                conn.execute(text(f"ALTER TABLE tasks ADD COLUMN heartbeat_at {kind}"))
+        for index in Base.metadata.tables["tasks"].indexes:
+            index.create(self.engine, checkfirst=True)
 
     def session(self) -> Session:
         return self._sessions()
@@ -362,8 +443,15 @@ class Database:
         )
 
     def create_task(
-        self, channel: str, action: str, start_at: datetime | None, repeat: int | None
-    ) -> Task:
+        self,
+        channel: str,
+        action: str,
+        start_at: datetime | None,
+        repeat: int | None,
+        owner: str | None = None,
+    ) -> Task | None:
+        """A new pending task owned by `owner`; None when the channel already has an active
+        one (the unique index decides, so this holds across replicas)."""
         with self._write_lock, self.session() as s:
             row = TaskRow(
                 channel=channel,
@@ -371,10 +459,37 @@ class Database:
                 status="pending",
                 start_at=start_at,
                 repeat_every_seconds=repeat,
+                owner=owner,
+                heartbeat_at=utcnow(),
             )
             s.add(row)
-            s.commit()
+            try:
+                s.commit()
+            except IntegrityError:
+                return None
             return self._task(row)
+
+    def claim_task(self, task_id: int, owner: str) -> bool:
+        """pending -> running for its owner, in one conditional UPDATE: False when the task
+        was ended meanwhile (channel deleted, taken as stale by another replica)."""
+        with self._write_lock, self.session() as s:
+            result = s.execute(
+                update(TaskRow)
+                .where(TaskRow.id == task_id, TaskRow.status == "pending", TaskRow.owner == owner)
+                .values(status="running", started_at=utcnow(), heartbeat_at=utcnow())
+            )
+            s.commit()
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    def heartbeat(self, owner: str) -> None:
+        """Tell other replicas this one still runs its tasks."""
+        with self._write_lock, self.session() as s:
+            s.execute(
+                update(TaskRow)
+                .where(TaskRow.owner == owner, TaskRow.status.in_(ACTIVE))
+                .values(heartbeat_at=utcnow())
+            )
+            s.commit()
 
     def task(self, task_id: int) -> Task | None:
         with self.session() as s:
@@ -401,11 +516,36 @@ class Database:
                 setattr(row, name, value)
             s.commit()
 
-    def interrupt_stale_tasks(self) -> None:
-        """Tasks left pending or running by a previous process will never finish."""
+    def interrupt_stale_tasks(self, me: str, stale_after: float = STALE_AFTER) -> int:
+        """End active tasks whose replica is gone: silent for stale_after seconds, or a dead
+        process on this host. Tasks of live replicas are left alone. Returns how many."""
+        cutoff = utcnow() - timedelta(seconds=stale_after)
+        ended = 0
         with self._write_lock, self.session() as s:
-            for row in s.scalars(select(TaskRow).where(TaskRow.status.in_(("pending", "running")))):
-                row.status = "failed"
-                row.error = "interrupted: the server stopped"
-                row.finished_at = utcnow()
+            rows = s.scalars(select(TaskRow).where(TaskRow.status.in_(ACTIVE))).all()
+            for row in rows:
+                if row.owner == me:
+                    continue
+                beat = row.heartbeat_at
+                if beat is not None and beat.tzinfo is None:
+                    beat = beat.replace(tzinfo=timezone.utc)
+                if not (beat is None or beat < cutoff or owner_is_dead(row.owner, me)):
+                    continue
+                result = s.execute(
+                    update(TaskRow)
+                    .where(
+                        TaskRow.id == row.id,
+                        TaskRow.status.in_(ACTIVE),
+                        or_(
+                            TaskRow.heartbeat_at.is_(None), TaskRow.heartbeat_at == row.heartbeat_at
+                        ),
+                    )
+                    .values(
+                        status="failed",
+                        error="interrupted: the server stopped",
+                        finished_at=utcnow(),
+                    )
+                )
+                ended += int(getattr(result, "rowcount", 0))
             s.commit()
+        return ended
