@@ -47,6 +47,7 @@ class Server:
         self._loaded = 0.0
         self._proxies: dict[str, ProxyChannel] = {}
         self._static: dict[str, float] = {}  # plain trees seen lately: name -> when
+        self._absent: dict[str, float] = {}  # names found nowhere lately: name -> when
         self._lock = threading.Lock()
         self.reload()
 
@@ -94,11 +95,18 @@ class Server:
         seen = self._static.get(name)
         if seen is not None and now - seen < STATIC_RECHECK:
             return Channel(name, False, None, None)
+        absent = self._absent.get(name)
+        if absent is not None and now - absent < STATIC_RECHECK:
+            return None  # asked lately: spare the object store a LIST per 404
         if is_channel_name(name) and self.store.is_tree(name):
             if len(self._static) > 10_000:
                 self._static.clear()
             self._static[name] = now
             return Channel(name, False, None, None)
+        if not self.store.local:
+            if len(self._absent) > 10_000:
+                self._absent.clear()
+            self._absent[name] = now
         return None
 
     async def find(self, name: str) -> Channel | None:

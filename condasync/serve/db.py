@@ -124,7 +124,11 @@ class Database(TaskQueries):
                 conn.execute(
                     update(TaskRow)
                     .where(TaskRow.status.in_(ACTIVE))
-                    .values(status="failed", error="interrupted: the server stopped")
+                    .values(
+                        status="failed",
+                        error="interrupted: the server stopped",
+                        finished_at=utcnow(),
+                    )
                 )
             if "heartbeat_at" not in columns:
                 kind = (

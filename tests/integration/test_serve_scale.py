@@ -150,6 +150,17 @@ def test_two_replicas_share_postgres_and_one_bucket(
     assert bucket.list() == []
 
 
+def test_wrong_s3_credentials_stop_the_start(
+    tmp_path: Path, s3_server: S3Server, s3_bucket: str, run_cli: Callable[..., Any]
+) -> None:
+    env = {**s3_server.env, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    args = ("serve", str(tmp_path), "--port", "9", "--storage", f"s3://{s3_bucket}/p")
+    result = ok(run_cli(*args, env=env, timeout=60), 3)
+    assert "access denied" in result.stderr.lower() or "signature" in result.stderr.lower()
+    missing = ok(run_cli(*args[:-1], "s3://no-such-bucket-here/p", env=s3_server.env), 3)
+    assert "does not exist" in missing.stderr
+
+
 def test_postgres_db_alone(
     tmp_path: Path,
     channel_server: Any,
