@@ -13,6 +13,7 @@ import orjson
 import typer
 
 from condasync.errors import EXIT_USAGE
+from condasync.storage import S3Options
 
 apikey_app = typer.Typer(help="Manage API keys offline (same database as `serve`).")
 
@@ -81,6 +82,14 @@ def serve(
         bool,
         typer.Option("--s3-force-path-style", help="Path-style S3 URLs (bucket in the path)."),
     ] = False,
+    s3_no_lock: Annotated[
+        bool,
+        typer.Option(
+            "--s3-no-lock",
+            help="S3 stores without conditional writes: mirror channels sync without the "
+            "bucket lock (the database still runs one task per channel at a time).",
+        ),
+    ] = False,
 ) -> None:
     """Serve every channel under DIR (or --storage s3://...) at /channels/<name>, with the API
     at /api (docs: /docs). Replicas share state with --db postgresql://... and --storage."""
@@ -95,9 +104,10 @@ def serve(
         raise _fail(f"{target} is not a directory")
     if storage is not None and not storage.startswith("s3://"):
         raise _fail("--storage takes an s3://bucket/prefix URL (channels in DIR need no option)")
-    if storage is None and (s3_endpoint or s3_force_path_style):
-        raise _fail("--s3-endpoint and --s3-force-path-style go with --storage s3://...")
-    store = _open_store(target, storage, s3_endpoint, s3_force_path_style)
+    if storage is None and (s3_endpoint or s3_force_path_style or s3_no_lock):
+        raise _fail("--s3-endpoint, --s3-force-path-style and --s3-no-lock go with --storage")
+    options = S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock)
+    store = _open_store(target, storage, options)
     database = _open_db(target, db)
     if proxy is not None:
         parts = urlsplit(proxy)
@@ -116,14 +126,13 @@ def serve(
     _run(target, database, store, host, port, upstream_timeout)
 
 
-def _open_store(target: Path, storage: str | None, endpoint: str | None, path_style: bool):  # type: ignore[no-untyped-def]
+def _open_store(target: Path, storage: str | None, options: S3Options):  # type: ignore[no-untyped-def]
     """The channel store: DIR, or S3 checked with one LIST (bad credentials exit 3 now)."""
     from condasync.errors import CondasyncError
     from condasync.serve.store import S3Channels, open_channels
-    from condasync.storage import S3Options
 
     try:
-        store = open_channels(target, storage, S3Options(endpoint, path_style or None))
+        store = open_channels(target, storage, options)
         if isinstance(store, S3Channels):
             store.check()
     except CondasyncError as exc:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -148,6 +149,48 @@ def test_two_replicas_share_postgres_and_one_bucket(
     time.sleep(2.5)  # A trusts its channel rows for up to 2 s
     assert a.client.get(f"/channels/mir/{ZLIB}").status_code == 404
     assert bucket.list() == []
+
+
+def test_s3_proxy_cache_holds_only_verified_files(
+    tmp_path: Path,
+    fault_server: FaultServer,
+    s3_server: S3Server,
+    s3_bucket: str,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+) -> None:
+    server = start_serve(
+        tmp_path / "scratch", "--storage", f"s3://{s3_bucket}/p", env=s3_server.env
+    )
+    assert server.create_channel("up", fault_server.url, "proxy").status_code == 201
+    bucket = S3Storage(f"s3://{s3_bucket}/p/up", env=s3_server.env)
+    expected = (Path(fault_server.root) / ZLIB).read_bytes()
+    # a corrupt upstream file is never uploaded
+    fault_server.fault(f"/{ZLIB}", "corrupt", times=1)
+    try:
+        r = server.client.get(f"/channels/up/{ZLIB}")
+    except httpx.HTTPError:
+        pass  # the connection was dropped mid-body: the client knows it failed
+    else:
+        assert r.status_code >= 500 or r.content != expected
+    assert bucket.stat(ZLIB) is None
+    # concurrent clients of a slow download share one upstream GET; the bucket gets the file
+    fault_server.clear_log()
+    fault_server.fault(f"/{ZLIB}", "slow", chunk=16384, interval=0.05)
+
+    def get(_i: int) -> bytes:
+        with httpx.Client(timeout=30, trust_env=False) as client:
+            r = client.get(f"{server.url}/channels/up/{ZLIB}")
+            assert r.status_code == 200
+            return r.content
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(body == expected for body in pool.map(get, range(8)))
+    assert len(fault_server.requests_for(f"/{ZLIB}", "GET")) == 1
+    assert bucket.read(ZLIB) == expected
+    assert server.client.get(f"/channels/up/{ZLIB}").content == expected
+    assert len(fault_server.requests_for(f"/{ZLIB}", "GET")) == 1
+    scratch = tmp_path / "scratch" / ".condasync" / "proxy-tmp"
+    assert not [p for p in scratch.rglob("*") if p.is_file()]
 
 
 def test_wrong_s3_credentials_stop_the_start(
