@@ -11,11 +11,12 @@ only then do its clients get the last byte.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +26,7 @@ import httpx
 import orjson
 
 from condasync import fetch
-from condasync.errors import CondasyncError, UpstreamError
+from condasync.errors import CondasyncError, LockedError, StorageError, UpstreamError
 from condasync.repodata import (
     compress_zst,
     digest_of,
@@ -45,6 +46,7 @@ from condasync.urls import join
 PROXY_STATE = "proxy"
 RETRY_FAILED_AFTER = 1.0  # seconds between refresh attempts while upstream keeps failing
 KNOWN_CACHED = 10.0  # seconds an index seen in an object store is trusted to still be there
+PUBLISH_WAIT = 10.0  # seconds a replica waits for another one publishing the same index
 _T = TypeVar("_T")
 
 
@@ -240,11 +242,6 @@ class ProxyChannel:
             _localize, fetched.body, join(self.base, subdir)
         )
         zst = await asyncio.to_thread(compress_zst, body)
-        # .zst first, then .json, renamed back to back: both are the same snapshot.
-        await asyncio.to_thread(
-            self.storage.publish,
-            [(f"{subdir}/repodata.json.zst", zst), (f"{subdir}/repodata.json", body)],
-        )
         meta = IndexMeta(
             source=fetched.source,
             etag=fetched.etag,
@@ -252,8 +249,45 @@ class ProxyChannel:
             fetched_at=now,
             package_base=package_base,
         )
-        self._save_meta(subdir, meta)
+        files = [(f"{subdir}/repodata.json.zst", zst), (f"{subdir}/repodata.json", body)]
+        async with self._publishing(subdir):
+            # .zst first, then .json, back to back: both are the same snapshot.
+            await asyncio.to_thread(self.storage.publish, files)
+            if isinstance(self.storage, LocalStorage):
+                self._save_meta(subdir, meta)
+            else:
+                await asyncio.to_thread(self._save_meta, subdir, meta)
+        self._known[subdir] = time.monotonic()
         return meta
+
+    @contextlib.asynccontextmanager
+    async def _publishing(self, subdir: str) -> AsyncIterator[None]:
+        """In an object store shared by replicas, one index pair is written at a time: two
+        replicas refreshing at once could otherwise leave the .zst of one snapshot beside the
+        .json of another. A short lock object; waited for a while, then gone on without."""
+        storage = self.storage
+        if isinstance(storage, LocalStorage) or self.store.s3_options.no_lock:
+            yield
+            return
+        held = None
+        deadline = time.monotonic() + PUBLISH_WAIT
+        while held is None:
+            try:
+                held = await asyncio.to_thread(
+                    storage.acquire_lock, f"proxy-{subdir}.lock", PUBLISH_WAIT * 2
+                )
+            except LockedError:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            except CondasyncError:  # no conditional writes, or the store is failing
+                break
+        try:
+            yield
+        finally:
+            if held is not None:
+                with contextlib.suppress(StorageError):
+                    await asyncio.to_thread(storage.release_lock, held)
 
     async def records(self, subdir: str) -> dict[str, tuple[int, str]]:
         """filename -> (size, digest) of the cached snapshot, parsed once per snapshot."""

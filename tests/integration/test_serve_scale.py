@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import zstandard
 
 from condasync.s3storage import S3Storage
 from tests.conftest import Channel, RattlerResult, mirror_args, ok
@@ -106,6 +107,11 @@ def test_two_replicas_share_postgres_and_one_bucket(
         assert r.status_code == 200, (path, r.text)
     assert b.client.get(f"/channels/up/{ZLIB}").content == expected
     assert fault_server.log() == [], [e.path for e in fault_server.log()]
+    cache = S3Storage(f"s3://{s3_bucket}/serve/up", env=s3_server.env)
+    for subdir in ("linux-64", "noarch"):
+        raw, zst = cache.read(f"{subdir}/repodata.json"), cache.read(f"{subdir}/repodata.json.zst")
+        assert raw and zst and zstandard.ZstdDecompressor().decompressobj().decompress(zst) == raw
+    assert not [o.relpath for o in cache.list(".condasync") if o.relpath.endswith(".lock")]
 
     # a synchronize asked of A and of B at the same moment runs once
     assert a.create_channel("mir", fault_server.url, "mirror").status_code == 201
