@@ -22,7 +22,9 @@ KEY_LINE = re.compile(r"API key.*?: (\S+)")
 class ServeProcess:
     """`condasync serve DIR --port P ...`; `.key` is the owner key printed at first start."""
 
-    def __init__(self, root: Path, *args: str, logs: Path) -> None:
+    def __init__(
+        self, root: Path, *args: str, logs: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.port = free_port()
         self.args = ("serve", str(root), "--port", str(self.port), *args)
@@ -33,7 +35,7 @@ class ServeProcess:
             stdout=self._out.open("w"),
             stderr=self._err.open("w"),
             stdin=subprocess.DEVNULL,
-            env=cli_env(),
+            env=cli_env(env),
             cwd=REPO_ROOT,
         )
         self._wait_up()
@@ -97,13 +99,16 @@ class ServeProcess:
 
 @pytest.fixture
 def start_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
-    """start_serve(root=None, *args) -> a running ServeProcess, stopped at teardown."""
+    """start_serve(root=None, *args, env=None) -> a running ServeProcess, stopped at teardown;
+    env adds variables (say, AWS_*) to the server's environment."""
     started: list[ServeProcess] = []
     logs = tmp_path / "serve-logs"
     logs.mkdir(exist_ok=True)
 
-    def start(root: Path | None = None, *args: str) -> ServeProcess:
-        server = ServeProcess(root or tmp_path / "channels", *map(str, args), logs=logs)
+    def start(
+        root: Path | None = None, *args: str, env: dict[str, str] | None = None
+    ) -> ServeProcess:
+        server = ServeProcess(root or tmp_path / "channels", *map(str, args), logs=logs, env=env)
         started.append(server)
         return server
 

@@ -4,7 +4,6 @@ answer, errors included, is declared so that it shows in the OpenAPI schema and 
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Annotated, Any
 
 import anyio
@@ -139,7 +138,7 @@ def build_api(server: Server) -> FastAPI:
             server.db.create_channel(channel, owner_key_id=who.key_id)
         except ChannelExists:
             raise HTTPException(409, f"channel {body.name!r} exists") from None
-        os.makedirs(server.channel_dir(body.name), exist_ok=True)
+        server.store.create(body.name)
         server.reload()
         return channel.to_dict()
 
@@ -194,11 +193,10 @@ def build_api(server: Server) -> FastAPI:
     ) -> list[dict[str, Any]]:
         """Package names with their latest version, summary and subdirs. A proxy channel lists
         what upstream offers."""
-        channel = readable(name, who)
-        root = server.channel_dir(channel.name)
+        channel = await asyncio.to_thread(readable, name, who)
         subdirs = await channel_subdirs(server, channel)
-        indexes = await asyncio.to_thread(read_indexes, root, subdirs)
-        channeldata = await asyncio.to_thread(read_json, root / "channeldata.json")
+        indexes = await asyncio.to_thread(read_indexes, server.store, channel.name, subdirs)
+        channeldata = await asyncio.to_thread(read_json, server.store, channel.name)
         return list_packages(indexes, channeldata, q)
 
     @app.put(

@@ -1,11 +1,9 @@
 """What a channel holds, for the package listing: its subdirs (a proxy asks upstream) and
-their parsed indexes."""
+their parsed indexes, read through the channel store (DIR or S3)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,6 +14,7 @@ from condasync.repodata import parse_repodata
 from condasync.serve.app import Server
 from condasync.serve.db import Channel
 from condasync.serve.proxy import ProxyError
+from condasync.serve.store import LocalChannels, S3Channels
 from condasync.sync import KNOWN_SUBDIRS
 from condasync.urls import join
 
@@ -24,22 +23,14 @@ async def channel_subdirs(server: Server, channel: Channel) -> list[str]:
     """Subdirs with an index: on disk, or for a proxy channel, what upstream offers."""
     if channel.mirror_mode == "proxy":
         return await _proxy_subdirs(server, channel)
-    root = server.channel_dir(channel.name)
-    return sorted(p.name for p in _subdir_folders(root) if (p / "repodata.json").is_file())
-
-
-def _subdir_folders(root: os.PathLike[str]) -> list[Path]:
-    base = Path(root)
-    if not base.is_dir():
-        return []
-    return [p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return await asyncio.to_thread(server.store.subdirs, channel.name)
 
 
 async def _proxy_subdirs(server: Server, channel: Channel) -> list[str]:
     proxy = server.proxy(channel)
     subdirs: list[str] = []
     if await proxy.channeldata():
-        doc = read_json(server.channel_dir(channel.name) / "channeldata.json") or {}
+        doc = await asyncio.to_thread(read_json, server.store, channel.name) or {}
         listed = doc.get("subdirs")
         if isinstance(listed, list):
             subdirs = [s for s in listed if isinstance(s, str)]
@@ -68,21 +59,29 @@ async def _proxy_subdirs(server: Server, channel: Channel) -> list[str]:
     return ready
 
 
-def read_json(path: os.PathLike[str]) -> dict[str, Any] | None:
+def read_json(
+    store: LocalChannels | S3Channels, name: str, relpath: str = "channeldata.json"
+) -> dict[str, Any] | None:
+    raw = store.read(name, relpath)
+    if raw is None:
+        return None
     try:
-        with open(path, "rb") as fh:
-            doc = orjson.loads(fh.read())
-    except (OSError, orjson.JSONDecodeError):
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         return None
     return doc if isinstance(doc, dict) else None
 
 
-def read_indexes(root: os.PathLike[str], subdirs: list[str]) -> dict[str, dict[str, Any]]:
+def read_indexes(
+    store: LocalChannels | S3Channels, name: str, subdirs: list[str]
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for subdir in subdirs:
+        raw = store.read(name, f"{subdir}/repodata.json")
+        if raw is None:
+            continue
         try:
-            with open(os.path.join(root, subdir, "repodata.json"), "rb") as fh:
-                out[subdir] = parse_repodata(fh.read(), subdir).records
-        except (OSError, ValueError):
+            out[subdir] = parse_repodata(raw, subdir).records
+        except ValueError:
             continue
     return out

@@ -13,6 +13,7 @@ import orjson
 import typer
 
 from condasync.errors import EXIT_USAGE
+from condasync.storage import S3Options
 
 apikey_app = typer.Typer(help="Manage API keys offline (same database as `serve`).")
 
@@ -64,8 +65,34 @@ def serve(
     upstream_timeout: Annotated[
         float, typer.Option("--upstream-timeout", help="Seconds before a silent upstream is 504.")
     ] = 10.0,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            metavar="s3://BUCKET/PREFIX",
+            help="Keep channel files and the proxy cache in S3 (channel <name> under "
+            "PREFIX/<name>/); DIR then holds only the default SQLite database and scratch files.",
+        ),
+    ] = None,
+    s3_endpoint: Annotated[
+        str | None,
+        typer.Option("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)."),
+    ] = None,
+    s3_force_path_style: Annotated[
+        bool,
+        typer.Option("--s3-force-path-style", help="Path-style S3 URLs (bucket in the path)."),
+    ] = False,
+    s3_no_lock: Annotated[
+        bool,
+        typer.Option(
+            "--s3-no-lock",
+            help="S3 stores without conditional writes: mirror channels sync without the "
+            "bucket lock (the database still runs one task per channel at a time).",
+        ),
+    ] = False,
 ) -> None:
-    """Serve every channel under DIR at /channels/<name>, with the API at /api (docs: /docs)."""
+    """Serve every channel under DIR (or --storage s3://...) at /channels/<name>, with the API
+    at /api (docs: /docs). Replicas share state with --db postgresql://... and --storage."""
     from condasync.serve.db import Channel
     from condasync.serve.paths import is_channel_name
 
@@ -75,6 +102,12 @@ def serve(
         raise _fail(f"cannot create {target}: {exc.strerror}") from None
     if not target.is_dir():
         raise _fail(f"{target} is not a directory")
+    if storage is not None and not storage.startswith("s3://"):
+        raise _fail("--storage takes an s3://bucket/prefix URL (channels in DIR need no option)")
+    if storage is None and (s3_endpoint or s3_force_path_style or s3_no_lock):
+        raise _fail("--s3-endpoint, --s3-force-path-style and --s3-no-lock go with --storage")
+    options = S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock)
+    store = _open_store(target, storage, options)
     database = _open_db(target, db)
     if proxy is not None:
         parts = urlsplit(proxy)
@@ -87,22 +120,42 @@ def serve(
         print(f"proxy channel {channel_name!r} -> {proxy}", file=sys.stderr)
     elif name is not None:
         raise _fail("--name only goes with --proxy")
-    database.interrupt_stale_tasks()
     if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
-    _run(target, database, host, port, upstream_timeout)
+    _run(target, database, store, host, port, upstream_timeout)
 
 
-def _run(target: Path, database: object, host: str, port: int, upstream_timeout: float) -> None:
+def _open_store(target: Path, storage: str | None, options: S3Options):  # type: ignore[no-untyped-def]
+    """The channel store: DIR, or S3 checked with one LIST (bad credentials exit 3 now)."""
+    from condasync.errors import CondasyncError
+    from condasync.serve.store import S3Channels, open_channels
+
+    try:
+        store = open_channels(target, storage, options)
+        if isinstance(store, S3Channels):
+            store.check()
+    except CondasyncError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    return store
+
+
+def _run(
+    target: Path, database: object, store: object, host: str, port: int, upstream_timeout: float
+) -> None:
     import uvicorn
 
     from condasync.serve.app import App, Server
     from condasync.serve.db import Database
+    from condasync.serve.store import LocalChannels, S3Channels
 
     assert isinstance(database, Database)
-    server = Server(target, database, upstream_timeout=upstream_timeout)
-    print(f"serving {target} at http://{host}:{port}/channels/<name> (API docs: /docs)",
+    assert isinstance(store, (LocalChannels, S3Channels))
+    server = Server(target, database, upstream_timeout=upstream_timeout, store=store)
+    # Tasks a dead replica (or this one's previous life) left pending or running never end.
+    database.interrupt_stale_tasks(server.tasks.me)
+    server.tasks.start()
+    print(f"serving {store.label} at http://{host}:{port}/channels/<name> (API docs: /docs)",
           file=sys.stderr, flush=True)  # fmt: skip
     uvicorn.run(
         App(server),

@@ -1,94 +1,31 @@
-"""The server's state in SQL (SQLite by default, any SQLAlchemy URL): channels, API keys,
-roles and sync tasks. Every function opens and closes its own short transaction."""
+"""The server's state in SQL (SQLite by default, PostgreSQL for several replicas, any SQLAlchemy
+URL): the connection, channels, API keys and roles. Every function opens and closes its own
+short transaction; the tables are in rows.py, the sync tasks' queries in taskdb.py."""
 
 from __future__ import annotations
 
 import os
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-    select,
-)
+from sqlalchemy import create_engine, event, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from condasync.serve.roles import Identity, hash_key, new_key, same_hash
+from condasync.serve.rows import ACTIVE, ApiKeyRow, Base, ChannelRoleRow, ChannelRow, TaskRow
+from condasync.serve.rows import utcnow as utcnow
+from condasync.serve.taskdb import STALE_AFTER as STALE_AFTER
+from condasync.serve.taskdb import Task as Task
+from condasync.serve.taskdb import TaskQueries
+from condasync.serve.taskdb import replica_id as replica_id
 
 STATE_DIR = ".condasync"
 DB_NAME = "condasync.db"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ChannelRow(Base):
-    __tablename__ = "channels"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
-    private: Mapped[bool] = mapped_column(Boolean, default=False)
-    mirror_channel_url: Mapped[str | None] = mapped_column(Text, nullable=True)
-    mirror_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    ttl: Mapped[int] = mapped_column(Integer, default=600)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class ApiKeyRow(Base):
-    __tablename__ = "api_keys"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    hint: Mapped[str] = mapped_column(String(16))  # the first characters, to tell keys apart
-    role: Mapped[str | None] = mapped_column(String(16), nullable=True)
-    description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class ChannelRoleRow(Base):
-    __tablename__ = "channel_roles"
-    __table_args__ = (UniqueConstraint("key_id", "channel"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
-    channel: Mapped[str] = mapped_column(String(64))
-    role: Mapped[str] = mapped_column(String(16))
-
-
-class TaskRow(Base):
-    __tablename__ = "tasks"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    channel: Mapped[str] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(32))
-    status: Mapped[str] = mapped_column(String(16), default="pending")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    start_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    repeat_every_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    report: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -106,41 +43,6 @@ class Channel:
             "mirror_channel_url": self.mirror_channel_url,
             "mirror_mode": self.mirror_mode,
             "ttl": self.ttl,
-        }
-
-
-@dataclass(frozen=True)
-class Task:
-    id: int
-    channel: str
-    action: str
-    status: str
-    created_at: datetime
-    start_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    repeat_every_seconds: int | None
-    report: dict[str, Any] | None
-    error: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        def iso(when: datetime | None) -> str | None:
-            if when is None:
-                return None
-            return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).isoformat()
-
-        return {
-            "id": self.id,
-            "channel": self.channel,
-            "action": self.action,
-            "status": self.status,
-            "created_at": iso(self.created_at),
-            "start_at": iso(self.start_at),
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "repeat_every_seconds": self.repeat_every_seconds,
-            "report": self.report,
-            "error": self.error,
         }
 
 
@@ -174,6 +76,15 @@ def default_url(root: Path) -> str:
     return f"sqlite:///{root / STATE_DIR / DB_NAME}"
 
 
+def engine_url(url: str) -> str:
+    """`postgresql://` and `postgres://` mean the psycopg 3 driver (SQLAlchemy would pick
+    psycopg2, which we do not ship); an explicit `+driver` is kept."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url[len(scheme) :]
+    return url
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -182,11 +93,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class Database:
+class Database(TaskQueries):
     """A thin store over SQLAlchemy; returns frozen dataclasses, never live ORM objects."""
 
     def __init__(self, url: str) -> None:
         self.url = url
+        url = engine_url(url)
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///") :]
             if path and path != ":memory:":
@@ -198,8 +110,33 @@ class Database:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
+        self._migrate()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Databases made by an earlier version lack the task ownership columns and index."""
+        columns = {c["name"] for c in inspect(self.engine).get_columns("tasks")}
+        with self.engine.begin() as conn:
+            if "owner" not in columns:
+                conn.execute(text("ALTER TABLE tasks ADD COLUMN owner VARCHAR(128)"))
+                # No replica of this version runs them: end them before the unique index.
+                conn.execute(
+                    update(TaskRow)
+                    .where(TaskRow.status.in_(ACTIVE))
+                    .values(
+                        status="failed",
+                        error="interrupted: the server stopped",
+                        finished_at=utcnow(),
+                    )
+                )
+            if "heartbeat_at" not in columns:
+                kind = (
+                    "TIMESTAMP WITH TIME ZONE" if self.engine.name == "postgresql" else "DATETIME"
+                )
+                conn.execute(text(f"ALTER TABLE tasks ADD COLUMN heartbeat_at {kind}"))
+        for index in Base.metadata.tables["tasks"].indexes:
+            index.create(self.engine, checkfirst=True)
 
     def session(self) -> Session:
         return self._sessions()
@@ -342,70 +279,3 @@ class Database:
                 for r in s.scalars(select(ChannelRoleRow).where(ChannelRoleRow.key_id == row.id))
             }
             return Identity(row.id, row.role, roles)
-
-    # tasks -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _task(row: TaskRow) -> Task:
-        return Task(
-            row.id,
-            row.channel,
-            row.action,
-            row.status,
-            row.created_at,
-            row.start_at,
-            row.started_at,
-            row.finished_at,
-            row.repeat_every_seconds,
-            orjson.loads(row.report) if row.report else None,
-            row.error,
-        )
-
-    def create_task(
-        self, channel: str, action: str, start_at: datetime | None, repeat: int | None
-    ) -> Task:
-        with self._write_lock, self.session() as s:
-            row = TaskRow(
-                channel=channel,
-                action=action,
-                status="pending",
-                start_at=start_at,
-                repeat_every_seconds=repeat,
-            )
-            s.add(row)
-            s.commit()
-            return self._task(row)
-
-    def task(self, task_id: int) -> Task | None:
-        with self.session() as s:
-            row = s.get(TaskRow, task_id)
-            return self._task(row) if row else None
-
-    def active_task(self, channel: str) -> Task | None:
-        with self.session() as s:
-            row = s.scalar(
-                select(TaskRow)
-                .where(TaskRow.channel == channel, TaskRow.status.in_(("pending", "running")))
-                .order_by(TaskRow.id)
-            )
-            return self._task(row) if row else None
-
-    def update_task(self, task_id: int, **fields: Any) -> None:
-        with self._write_lock, self.session() as s:
-            row = s.get(TaskRow, task_id)
-            if row is None:
-                return
-            for name, value in fields.items():
-                if name == "report" and value is not None:
-                    value = orjson.dumps(value).decode()
-                setattr(row, name, value)
-            s.commit()
-
-    def interrupt_stale_tasks(self) -> None:
-        """Tasks left pending or running by a previous process will never finish."""
-        with self._write_lock, self.session() as s:
-            for row in s.scalars(select(TaskRow).where(TaskRow.status.in_(("pending", "running")))):
-                row.status = "failed"
-                row.error = "interrupted: the server stopped"
-                row.finished_at = utcnow()
-            s.commit()

@@ -3,17 +3,20 @@ stale-if-error), and packages fetched on first request, streamed to every waitin
 being written and verified, and committed to the cache only when their bytes match the record.
 
 Everything here runs on the server's event loop; a dict of in-flight work per key gives
-single-flight fetches without locks.
+single-flight fetches without locks. The cache lives in the channel store: on disk a verified
+file is renamed into place; on S3 it is verified in a local scratch file, then uploaded, and
+only then do its clients get the last byte.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +26,7 @@ import httpx
 import orjson
 
 from condasync import fetch
-from condasync.errors import UpstreamError
+from condasync.errors import CondasyncError, LockedError, StorageError, UpstreamError
 from condasync.repodata import (
     compress_zst,
     digest_of,
@@ -32,14 +35,18 @@ from condasync.repodata import (
     parse_repodata,
     partition_records,
 )
-from condasync.serve.files import CHUNK, Headers, Scope, Send, send_file, send_text
+from condasync.s3storage import S3Storage
+from condasync.serve.files import CHUNK, Headers, Scope, Send, send_text
 from condasync.serve.paths import cache_control
+from condasync.serve.store import LocalChannels, S3Channels
 from condasync.serve.stream import Download, relay
-from condasync.storage import STAGING, STATE_DIR, LocalStorage
+from condasync.storage import STATE_DIR, LocalStorage
 from condasync.urls import join
 
 PROXY_STATE = "proxy"
 RETRY_FAILED_AFTER = 1.0  # seconds between refresh attempts while upstream keeps failing
+KNOWN_CACHED = 10.0  # seconds an index seen in an object store is trusted to still be there
+PUBLISH_WAIT = 10.0  # seconds a replica waits for another one publishing the same index
 _T = TypeVar("_T")
 
 
@@ -73,13 +80,19 @@ class IndexMeta:
 
 
 class ProxyChannel:
-    """One proxy channel: its upstream client and the cache folder DIR/<name>/."""
+    """One proxy channel: its upstream client and its cache, the channel `<name>` of the
+    store (DIR/<name>/ or s3://bucket/prefix/<name>/)."""
 
-    def __init__(self, name: str, url: str, root: Path, ttl: int, timeout: float) -> None:
+    def __init__(
+        self, name: str, url: str, store: LocalChannels | S3Channels, ttl: int, timeout: float
+    ) -> None:
         self.name = name
         self.url = url
         self.ttl = ttl
-        self.storage = LocalStorage(root)
+        self.store = store
+        self.storage = store.storage(name)
+        self._known: dict[str, float] = {}  # subdirs whose index was seen in the store: when
+        self._channeldata_at = 0.0
         self.client, self.base = fetch.make_client(url, jobs=32, timeout=timeout)
         self._metas: dict[str, IndexMeta] = {}
         self._flights: dict[str, asyncio.Future[Any]] = {}
@@ -128,15 +141,28 @@ class ProxyChannel:
         self.storage.write_if_changed(self._meta_path(subdir), orjson.dumps(asdict(meta)))
 
     def _cached(self, subdir: str) -> bool:
-        return all(
+        if not self.store.local:
+            # Each stat is a request to the store: trust a recent look (a missing file found
+            # while sending is reported back through forget_cached).
+            seen = self._known.get(subdir)
+            if seen is not None and time.monotonic() - seen < KNOWN_CACHED:
+                return True
+        cached = all(
             self.storage.stat(f"{subdir}/{n}") is not None
             for n in ("repodata.json", "repodata.json.zst")
         )
+        if cached:
+            self._known[subdir] = time.monotonic()
+        return cached
+
+    def forget_cached(self, subdir: str) -> None:
+        self._known.pop(subdir, None)
+        self._metas.pop(subdir, None)
 
     async def index(self, subdir: str) -> tuple[IndexMeta, bool]:
         """Make sure a snapshot of subdir's index is cached; (meta, served stale)."""
-        meta = self.meta(subdir)
-        if meta is None or not self._cached(subdir):
+        meta = self.meta(subdir) if self.store.local else await self._shared_meta(subdir)
+        if meta is None or not await self._is_cached(subdir):
             missing_since = self._missing.get(subdir)
             if missing_since is not None and time.time() - missing_since < min(self.ttl, 60):
                 raise ProxyError(404, f"upstream has no {subdir}/repodata.json")
@@ -153,6 +179,24 @@ class ProxyChannel:
             self._background.add(task)
             task.add_done_callback(self._background_done)
         return meta, True
+
+    async def _shared_meta(self, subdir: str) -> IndexMeta | None:
+        """In an object store shared by replicas: when ours has expired, another replica may
+        have refreshed the index since, so read its meta again before asking upstream."""
+        meta = self._metas.get(subdir)
+        if meta is not None and time.time() - meta.fetched_at < self.ttl:
+            return meta
+        self._metas.pop(subdir, None)
+        fresh = await asyncio.to_thread(self.meta, subdir)
+        if fresh is None and meta is not None:
+            self._metas[subdir] = meta
+            return meta
+        return fresh
+
+    async def _is_cached(self, subdir: str) -> bool:
+        if self.store.local:
+            return self._cached(subdir)
+        return await asyncio.to_thread(self._cached, subdir)
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self._background.discard(task)
@@ -198,11 +242,6 @@ class ProxyChannel:
             _localize, fetched.body, join(self.base, subdir)
         )
         zst = await asyncio.to_thread(compress_zst, body)
-        # .zst first, then .json, renamed back to back: both are the same snapshot.
-        await asyncio.to_thread(
-            self.storage.publish,
-            [(f"{subdir}/repodata.json.zst", zst), (f"{subdir}/repodata.json", body)],
-        )
         meta = IndexMeta(
             source=fetched.source,
             etag=fetched.etag,
@@ -210,20 +249,57 @@ class ProxyChannel:
             fetched_at=now,
             package_base=package_base,
         )
-        self._save_meta(subdir, meta)
+        files = [(f"{subdir}/repodata.json.zst", zst), (f"{subdir}/repodata.json", body)]
+        async with self._publishing(subdir):
+            # .zst first, then .json, back to back: both are the same snapshot.
+            await asyncio.to_thread(self.storage.publish, files)
+            if isinstance(self.storage, LocalStorage):
+                self._save_meta(subdir, meta)
+            else:
+                await asyncio.to_thread(self._save_meta, subdir, meta)
+        self._known[subdir] = time.monotonic()
         return meta
+
+    @contextlib.asynccontextmanager
+    async def _publishing(self, subdir: str) -> AsyncIterator[None]:
+        """In an object store shared by replicas, one index pair is written at a time: two
+        replicas refreshing at once could otherwise leave the .zst of one snapshot beside the
+        .json of another. A short lock object; waited for a while, then gone on without."""
+        storage = self.storage
+        if isinstance(storage, LocalStorage) or self.store.s3_options.no_lock:
+            yield
+            return
+        held = None
+        deadline = time.monotonic() + PUBLISH_WAIT
+        while held is None:
+            try:
+                held = await asyncio.to_thread(
+                    storage.acquire_lock, f"proxy-{subdir}.lock", PUBLISH_WAIT * 2
+                )
+            except LockedError:
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            except CondasyncError:  # no conditional writes, or the store is failing
+                break
+        try:
+            yield
+        finally:
+            if held is not None:
+                with contextlib.suppress(StorageError):
+                    await asyncio.to_thread(storage.release_lock, held)
 
     async def records(self, subdir: str) -> dict[str, tuple[int, str]]:
         """filename -> (size, digest) of the cached snapshot, parsed once per snapshot."""
         await self.index(subdir)
-        st = self.storage.stat(f"{subdir}/repodata.json")
+        st = await asyncio.to_thread(self.storage.stat, f"{subdir}/repodata.json")
         version = repr(st)
         cached = self._records.get(subdir)
         if cached is not None and cached[0] == version:
             return cached[1]
 
         async def build() -> dict[str, tuple[int, str]]:
-            raw = self.storage.read(f"{subdir}/repodata.json") or b"{}"
+            raw = await asyncio.to_thread(self.storage.read, f"{subdir}/repodata.json") or b"{}"
             table = await asyncio.to_thread(_record_table, raw, subdir)
             self._records[subdir] = (version, table)
             return table
@@ -232,7 +308,9 @@ class ProxyChannel:
 
     async def channeldata(self) -> bool:
         """Refresh channeldata.json when older than ttl; whether a copy is cached."""
-        st = self.storage.stat("channeldata.json")
+        if time.time() - self._channeldata_at < self.ttl:
+            return True
+        st = await asyncio.to_thread(self.storage.stat, "channeldata.json")
         if st is not None and time.time() - st[1] / 1e9 < self.ttl:
             return True
 
@@ -240,8 +318,9 @@ class ProxyChannel:
             data = await fetch.fetch_optional(self.client, join(self.base, "channeldata.json"))
             if data is not None and _is_object(data):
                 await asyncio.to_thread(self.storage.publish, [("channeldata.json", data)])
-                path = self.storage.path("channeldata.json")
-                os.utime(path)
+                if isinstance(self.storage, LocalStorage):
+                    os.utime(self.storage.path("channeldata.json"))
+                self._channeldata_at = time.time()
                 return True
             return st is not None
 
@@ -284,37 +363,40 @@ class ProxyChannel:
             # A range of a file still in flight: wait for the verified file, then serve it.
             while download.state not in ("done", "failed"):
                 await download.event.wait()
-            if download.state == "done":
-                final = str(self._final(key))
-                if await send_file(scope, send, final, filename, private):
-                    return
+            if download.state == "done" and await self.store.send(
+                scope, send, self.name, key, filename, private
+            ):
+                return
         while download.state == "starting":
             await download.event.wait()
         if download.state == "failed":
             await send_text(send, download.status, download.message)
             return
+        where = download.temp
+        if download.state == "done" and isinstance(self.storage, LocalStorage):
+            where = self.storage.path(key)
+        try:
+            fd = os.open(where, os.O_RDONLY)
+        except FileNotFoundError:  # in an object store by now, its scratch file gone
+            if not await self.store.send(scope, send, self.name, key, filename, private):
+                await send_text(send, 404, "not found")
+            return
         headers.append((b"content-length", str(size).encode()))
-        fd = os.open(download.temp if download.state != "done" else self._final(key), os.O_RDONLY)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             await relay(send, fd, download)
         finally:
             os.close(fd)
 
-    def _final(self, relpath: str) -> Path:
-        return self.storage.path(relpath)
-
     def _start_download(self, subdir: str, filename: str, size: int, digest: str) -> Download:
-        staging = self.storage.path(subdir) / STAGING
+        staging = self.store.staging(self.name, subdir)
         staging.mkdir(parents=True, exist_ok=True)
         download = Download(size, staging / f"{filename}.{uuid.uuid4().hex[:12]}")
         key = f"{subdir}/{filename}"
         self._downloads[key] = download
         meta = self.meta(subdir)
         base = meta.package_base if meta and meta.package_base else join(self.base, subdir)
-        task = asyncio.ensure_future(
-            self._download(download, join(base, filename), digest, self._final(key))
-        )
+        task = asyncio.ensure_future(self._download(download, join(base, filename), digest, key))
         self._background.add(task)
         task.add_done_callback(self._background_done)
         task.add_done_callback(lambda _t: self._forget(key, download))
@@ -323,8 +405,19 @@ class ProxyChannel:
     def _forget(self, key: str, download: Download) -> None:
         if self._downloads.get(key) is download:
             del self._downloads[key]
+        if not isinstance(self.storage, LocalStorage):
+            # Relays still sending hold it open; new requests go to the object store.
+            download.temp.unlink(missing_ok=True)
 
-    async def _download(self, dl: Download, url: str, digest: str, final: Path) -> None:
+    async def _commit(self, temp: Path, key: str) -> None:
+        """Make a verified file the cached one: a rename on disk, an upload to S3 (the object
+        appears whole when the upload completes, multipart for large files)."""
+        if isinstance(self.storage, LocalStorage):
+            os.replace(temp, self.storage.path(key))
+        else:
+            await asyncio.to_thread(upload_file, self.storage, key, temp)
+
+    async def _download(self, dl: Download, url: str, digest: str, key: str) -> None:
         algo, expected = digest.split(":", 1)
         hasher = hashlib.new(algo)
         try:
@@ -348,13 +441,15 @@ class ProxyChannel:
                 raise ProxyError(502, f"upstream sent {dl.written} of {dl.size} bytes")
             if hasher.hexdigest() != expected:
                 raise ProxyError(502, f"upstream file failed {algo} verification; not cached")
-            os.replace(dl.temp, final)
+            await self._commit(dl.temp, key)
             dl.state = "done"
         except ProxyError as exc:
             dl.state, dl.status, dl.message = "failed", exc.status, exc.message
         except httpx.HTTPError as exc:
             error = _upstream_error(exc)
             dl.state, dl.status, dl.message = "failed", error.status, error.message
+        except CondasyncError as exc:  # the store refused the upload
+            dl.state, dl.status, dl.message = "failed", 502, f"cannot cache the file: {exc}"
         except BaseException:
             dl.state, dl.status, dl.message = "failed", 502, "download interrupted"
             raise
@@ -362,6 +457,19 @@ class ProxyChannel:
             if dl.state != "done":
                 dl.temp.unlink(missing_ok=True)
             dl.notify()
+
+
+def upload_file(storage: S3Storage, key: str, path: Path) -> None:
+    """Stream a local file to the object at key; nothing is visible until it completes."""
+    staged = storage.stage(key)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK * 8):
+                staged.write(chunk)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
 
 
 def _is_object(data: bytes) -> bool:
