@@ -153,3 +153,45 @@ def test_kill9_during_an_s3_run_leaves_a_consistent_bucket(
     assert s3_problems(storage) == []
     assert storage.read("noarch/dependent-2.0-0.conda") == b"second upload " * 400
     assert storage.stat("noarch/added-later-1.0-0.conda") is not None
+
+
+def test_s3_dry_run_writes_nothing_and_options_work_as_on_disk(
+    real_channel: Channel, channel_server, s3_server: S3Server, s3_bucket: str, run_cli
+) -> None:
+    target = f"s3://{s3_bucket}/opts"
+    with S3Proxy(s3_server.endpoint) as proxy:
+        env = {**s3_server.env, "AWS_ENDPOINT_URL": proxy.url}
+        dry = run_cli(*mirror_args(channel_server.url, target, "--dry-run", "--json"), env=env)
+        ok(dry)
+        assert dry.json()["added"], "a dry run still plans"
+        assert proxy.puts() == []
+        assert not [r for r in proxy.requests if r.method in ("DELETE", "POST")]
+    storage = S3Storage(target, env=s3_server.env)
+    assert storage.list() == []
+
+    ok(run_cli(*mirror_args(channel_server.url, target, "--bz2"), env=s3_server.env))
+    assert storage.stat("noarch/repodata.json.bz2") is not None
+    assert s3_problems(storage) == []
+    # an object deleted behind our back comes back with --repair (S3 has no folder mtime)
+    victim = next(
+        o.relpath
+        for o in storage.list()
+        if o.relpath.startswith("noarch/") and o.relpath.endswith(".conda")
+    )
+    storage.delete(victim)
+    ok(run_cli(*mirror_args(channel_server.url, target, "--bz2", "--repair"), env=s3_server.env))
+    assert storage.stat(victim) is not None
+    assert s3_problems(storage) == []
+
+
+def test_a_second_s3_run_while_one_publishes_exits_5(
+    fault_server, s3_server: S3Server, s3_bucket: str, run_cli, start_cli
+) -> None:
+    target = f"s3://{s3_bucket}/locked"
+    fault_server.fault("/noarch/dependent-2.0-0.conda", "slow", chunk=1, interval=0.05)
+    first = start_cli(*mirror_args(fault_server.url, target), env=s3_server.env)
+    wait_for(lambda: fault_server.fault_hits("/noarch/dependent-2.0-0.conda") >= 1, what="slow GET")
+    second = run_cli(*mirror_args(fault_server.url, target, "--json"), env=s3_server.env)
+    assert second.returncode == 5, str(second)
+    assert "locked" in second.output
+    first.kill9()
