@@ -102,6 +102,17 @@ def _exact_name(spec: MatchSpec) -> str | None:
     return None if name is None else str(name.normalized)
 
 
+def include_names(filters: Filters) -> set[str] | None:
+    """The package names the includes can match, when every include names one; else None.
+
+    Lets the engine look only at those records (by filename) before decoding any.
+    """
+    if not filters.include:
+        return None
+    names = [_exact_name(compile_spec(text)) for text in filters.include]
+    return None if any(n is None for n in names) else {n for n in names if n is not None}
+
+
 class _Matcher:
     """Matches records against specs, building rattler records only when a spec needs them."""
 

@@ -30,7 +30,7 @@ from condasync.errors import (
     UpstreamError,
     UsageError,
 )
-from condasync.filters import Filters, select
+from condasync.filters import Filters, include_names, select
 from condasync.models import Event, FileState, MirrorReport, Plan, SubdirReport
 from condasync.plan import build_plan, unchanged
 from condasync.repodata import (
@@ -45,6 +45,7 @@ from condasync.repodata import (
     gc_paused,
     is_subdir,
     parse_index,
+    split_filename,
 )
 from condasync.state import (
     GENERATION,
@@ -465,11 +466,39 @@ def _validate(
     return valid, rejected, same
 
 
+class _Brief(msgspec.Struct, gc=False):
+    """What --latest and --exclude-newer look at."""
+
+    name: str
+    version: str
+    timestamp: int | float | None = None
+
+
+_brief = msgspec.json.Decoder(_Brief)
+
+
 def _select(index: Index, valid: dict[str, Lite], filters: Filters, subdir: str) -> dict[str, Lite]:
+    """Apply the filters, decoding as little of 600k records as each filter needs."""
     if not filters.active:
         return valid
-    full = {fn: msgspec.json.decode(index.raw[fn]) for fn in valid}  # MatchSpecs see whole records
-    chosen = select(full, filters, subdir, datetime.now(timezone.utc))
+    names = include_names(filters)  # `--include numpy`: only numpy-* files are candidates
+    candidates = [
+        fn
+        for fn in valid
+        if names is None or ((parts := split_filename(fn)) is not None and parts[0] in names)
+    ]
+    records: dict[str, dict[str, Any]] = {}
+    for fn in candidates:
+        if filters.include or filters.exclude:  # MatchSpecs see whole records
+            records[fn] = msgspec.json.decode(index.raw[fn])
+        else:
+            try:
+                brief = _brief.decode(index.raw[fn])
+                records[fn] = {"name": brief.name, "version": brief.version}
+                records[fn]["timestamp"] = brief.timestamp
+            except msgspec.ValidationError:
+                records[fn] = msgspec.json.decode(index.raw[fn])
+    chosen = select(records, filters, subdir, datetime.now(timezone.utc))
     return {fn: lite for fn, lite in valid.items() if fn in chosen}
 
 
