@@ -19,7 +19,7 @@ from condasync.filters import Filters, compile_spec, parse_cutoff
 from condasync.models import MirrorReport
 from condasync.serve.commands import apikey_app
 from condasync.serve.commands import serve as serve_command
-from condasync.storage import S3Options, open_storage
+from condasync.storage import LocalStorage, S3Options, open_storage
 from condasync.sync import MirrorJob, run_mirror
 
 S3Endpoint = Annotated[
@@ -231,6 +231,7 @@ def verify(
         options = S3Options(s3_endpoint, s3_force_path_style or None)
         try:
             storage = open_storage(target, s3=options)
+            assert not isinstance(storage, LocalStorage)  # an s3:// target
             report = verify_storage(storage, deep=deep)
         except CondasyncError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,19 +240,39 @@ class Index:
     """An upstream index as the engine holds it.
 
     `sections` keeps every record's original JSON bytes per section ("packages",
-    "packages.conda"), in upstream order, and `raw` merges them for lookups; `lite` has the
-    typed view of each structurally sound record, and `rejected` says why the others were
-    dropped. Filenames are not validated here: callers check the ones they use.
+    "packages.conda"), in upstream order; `lite` has the typed view of each structurally
+    sound record, and `rejected` says why the others were dropped. Filenames are not
+    validated here: callers check the ones they use.
     """
 
     info: dict[str, Any]
     sections: dict[str, dict[str, msgspec.Raw]]
-    raw: dict[str, msgspec.Raw]
     lite: dict[str, Lite]
     rejected: dict[str, str]
     removed: list[Any] = field(default_factory=list)
     version: int | None = None
     extra: dict[str, msgspec.Raw] = field(default_factory=dict)
+
+    def raw(self, filename: str) -> msgspec.Raw | None:
+        """A record's upstream JSON, from whichever section holds it."""
+        for records in self.sections.values():
+            found = records.get(filename)
+            if found is not None:
+                return found
+        return None
+
+    def __contains__(self, filename: object) -> bool:
+        return any(filename in records for records in self.sections.values())
+
+    def count(self) -> int:
+        return sum(len(records) for records in self.sections.values())
+
+    def not_listed(self, filenames: AbstractSet[str]) -> set[str]:
+        """The filenames upstream does not list at all (set operations, for 600k names)."""
+        rest = set(filenames)
+        for records in self.sections.values():
+            rest -= records.keys()
+        return rest
 
 
 def _raw_of(data: msgspec.Raw | None, where: str) -> dict[str, msgspec.Raw]:
@@ -300,7 +321,6 @@ def parse_index(data: bytes, subdir: str) -> Index:
         with gc_paused():
             top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
             sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
-            raw = {**sections["packages"], **sections["packages.conda"]}
             # The typed views last, so the memory they take is freed in one piece later.
             lite: dict[str, Lite] = {}
             rejected: dict[str, str] = {}
@@ -315,7 +335,6 @@ def parse_index(data: bytes, subdir: str) -> Index:
     return Index(
         info=_part(top, "info", dict[str, Any], where) or {},
         sections=sections,
-        raw=raw,
         lite=lite,
         rejected=rejected,
         removed=_part(top, "removed", list[Any], where) or [],

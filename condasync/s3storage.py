@@ -36,7 +36,7 @@ from condasync.errors import StorageError, UpstreamError, UsageError
 from condasync.s3lock import NO_LOCK_FLAG as NO_LOCK_FLAG  # re-exported for the CLI
 from condasync.s3lock import ConditionalWriteUnsupported as ConditionalWriteUnsupported
 from condasync.s3lock import S3Lock
-from condasync.storage import HASH_CHUNK, SafetyError, StagedFile, Storage
+from condasync.storage import HASH_CHUNK, SafetyError, StagedFile, Storage, plain_relpath
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta, WritableFile
@@ -79,15 +79,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if not _BUCKET.match(bucket):
         raise UsageError(f"invalid S3 bucket name {bucket!r} in {url!r}")
     prefix = prefix.strip("/")
-    if prefix and not _safe_relpath(prefix):
+    if prefix and not plain_relpath(prefix):
         raise UsageError(f"invalid S3 prefix {prefix!r} in {url!r}")
     return bucket, prefix
-
-
-def _safe_relpath(relpath: str) -> bool:
-    if not relpath or "\x00" in relpath or "\\" in relpath or relpath.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in relpath.split("/"))
 
 
 def _mtime_ns(moment: datetime.datetime) -> int:
@@ -285,7 +279,7 @@ class S3Storage:
 
     def key(self, relpath: str) -> str:
         """The object key of relpath; refuses anything that could leave the prefix."""
-        if not _safe_relpath(relpath):
+        if not plain_relpath(relpath):
             raise SafetyError(f"refusing unsafe path {relpath!r}")
         return f"{self.prefix}/{relpath}" if self.prefix else relpath
 

@@ -35,9 +35,17 @@ class SafetyError(StorageError):
     """A path would escape the storage root."""
 
 
+def plain_relpath(relpath: str) -> bool:
+    """A relative path of plain segments: no NUL, no backslash, no leading "/", no empty,
+    "." or ".." segment. Both backends accept nothing else."""
+    if not relpath or "\x00" in relpath or "\\" in relpath or relpath.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in relpath.split("/"))
+
+
 def safe_join(root: Path, relpath: str) -> Path:
     """Join relpath under root, refusing anything that escapes it (realpath + commonpath)."""
-    if not relpath or "\x00" in relpath or "\\" in relpath or relpath.startswith("/"):
+    if not plain_relpath(relpath):
         raise SafetyError(f"refusing unsafe path {relpath!r}")
     candidate = os.path.realpath(os.path.join(root, relpath))
     if os.path.commonpath([candidate, str(root)]) != str(root):
@@ -84,7 +92,6 @@ class Storage(Protocol):
 
 _RUN = uuid.uuid4().hex[:8]  # temp names: this process's tag and a serial number
 _serial = itertools.count()
-_made: set[Path] = set()  # staging folders known to exist (clear_staging forgets them)
 
 
 class LocalStaged:
@@ -95,8 +102,9 @@ class LocalStaged:
     create-write-rename in one worker-thread call.
     """
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, made: set[Path]) -> None:
         self.target = target
+        self._made = made  # staging folders this storage knows exist
         self.path: Path | None = None
         self._buf = bytearray()
         self._fh: BinaryIO | None = None
@@ -104,9 +112,9 @@ class LocalStaged:
     def _spill(self) -> BinaryIO:
         if self._fh is None:
             staging = self.target.parent / STAGING
-            if staging not in _made:
+            if staging not in self._made:
                 staging.mkdir(parents=True, exist_ok=True)
-                _made.add(staging)
+                self._made.add(staging)
             self.path = staging / f"{self.target.name}.{_RUN}.{next(_serial)}"
             self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
             self._fh.write(self._buf)
@@ -166,14 +174,15 @@ class LocalStorage:
         self.label = str(root)
         self.local = True
         self._dirs: dict[str, Path] = {}
+        self._staging: set[Path] = set()
 
     def path(self, relpath: str) -> Path:
         """safe_join, with the resolved parent folder cached: one lstat per package, not eight."""
         head, _, name = relpath.rpartition("/")
         parent = self._dirs.get(head) if head else None
-        if parent is not None and name not in ("", ".", "..") and "\\" not in name:
+        if parent is not None and plain_relpath(name):
             candidate = parent / name
-            if "\x00" not in name and not os.path.islink(candidate):
+            if not os.path.islink(candidate):
                 return candidate
         path = safe_join(self.root, relpath)
         if head and head not in self._dirs:
@@ -183,7 +192,7 @@ class LocalStorage:
     def stage(self, relpath: str) -> StagedFile:
         target = self.path(relpath)
         try:
-            return LocalStaged(target)
+            return LocalStaged(target, self._staging)
         except OSError as exc:
             raise describe_os_error(exc, relpath) from None
 
@@ -250,7 +259,7 @@ class LocalStorage:
 
     def clear_staging(self, subdir: str) -> None:
         staging = self.path(subdir) / STAGING
-        _made.discard(staging)
+        self._staging.discard(staging)
         shutil.rmtree(staging, ignore_errors=True)
 
     def listing(self, subdir: str) -> dict[str, tuple[int, int]]:

@@ -348,13 +348,14 @@ async def _sync_subdir(
             }
         valid, rejected, same = _validate(index, local)
         selected = _select(index, valid, job.filters, subdir)
-        removed_upstream = local.keys() - index.raw.keys() if job.keep_removed else set()
+        removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
         plan = build_plan(selected, local, job.keep_removed, removed_upstream, same)
         report.filtered = len(valid) - len(selected)
         # From here on only the records to fetch need their typed view; drop the rest.
         wanted = {fn: selected[fn] for fn in plan.add + plan.replace}
         # None: every upstream record is published (the common case; no 600k-name set)
-        published = None if len(selected) == len(index.raw) else set(selected)
+        published = None if len(selected) == index.count() else set(selected)
+        n_published = len(selected)
         del valid, selected, same
         index.lite = {}
         gc.freeze()  # later collections during downloads need not walk all that again
@@ -368,8 +369,7 @@ async def _sync_subdir(
         report.packages = len(plan.keep) + len(plan.add) + len(plan.replace)
         return
     todo = plan.add + plan.replace
-    if not job.dry_run:
-        locker.ensure()
+    locker.ensure()
     listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn].size for fn in todo)))
     kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
     try:
@@ -403,8 +403,7 @@ async def _sync_subdir(
         stats = await asyncio.to_thread(_write_index, storage, subdir, data, job)
         del data
         clock = report.timed("publish", clock)
-        total = len(index.raw) if published is None else len(published)
-        report.packages = total - len(skip) + len(kept_removed)
+        report.packages = n_published - len(skip) + len(kept_removed)
         listen(Event("published", subdir, count=report.packages))
         await asyncio.to_thread(_delete_all, storage, subdir, plan.delete)
         clock = report.timed("delete", clock)
@@ -457,13 +456,22 @@ def _validate(
     same = unchanged(index.lite, local)
     rejected = dict(index.rejected)
     for filename in index.lite.keys() - same:
-        reason = check_filename(filename) or check_record(msgspec.json.decode(index.raw[filename]))
+        reason = check_filename(filename) or check_record(
+            msgspec.json.decode(_raw(index, filename))
+        )
         if reason is not None:
             rejected[filename] = reason
     if len(rejected) == len(index.rejected):
         return index.lite, rejected, same
     valid = {fn: lite for fn, lite in index.lite.items() if fn not in rejected}
     return valid, rejected, same
+
+
+def _raw(index: Index, filename: str) -> msgspec.Raw:
+    """The upstream JSON of a record known to be listed (it has a typed view)."""
+    found = index.raw(filename)
+    assert found is not None
+    return found
 
 
 class _Brief(msgspec.Struct, gc=False):
@@ -490,14 +498,14 @@ def _select(index: Index, valid: dict[str, Lite], filters: Filters, subdir: str)
     records: dict[str, dict[str, Any]] = {}
     for fn in candidates:
         if filters.include or filters.exclude:  # MatchSpecs see whole records
-            records[fn] = msgspec.json.decode(index.raw[fn])
+            records[fn] = msgspec.json.decode(_raw(index, fn))
         else:
             try:
-                brief = _brief.decode(index.raw[fn])
+                brief = _brief.decode(_raw(index, fn))
                 records[fn] = {"name": brief.name, "version": brief.version}
                 records[fn]["timestamp"] = brief.timestamp
             except msgspec.ValidationError:
-                records[fn] = msgspec.json.decode(index.raw[fn])
+                records[fn] = msgspec.json.decode(_raw(index, fn))
     chosen = select(records, filters, subdir, datetime.now(timezone.utc))
     return {fn: lite for fn, lite in valid.items() if fn in chosen}
 
@@ -534,17 +542,18 @@ def _kept_removed_records(
     """--keep-removed: records upstream dropped come from the index we published last time."""
     if not keep_removed:
         return {}
-    kept = [fn for fn in plan.keep if fn not in index.raw]
+    kept = [fn for fn in plan.keep if fn not in index]
     if not kept:
         return {}
     raw = storage.read(f"{subdir}/repodata.json")
     if raw is None:
         return {}
     try:
-        previous = parse_index(raw, subdir).raw
+        previous = parse_index(raw, subdir)
     except ValueError:
         return {}
-    return {fn: previous[fn] for fn in sorted(kept) if fn in previous}
+    found = {fn: previous.raw(fn) for fn in sorted(kept)}
+    return {fn: record for fn, record in found.items() if record is not None}
 
 
 def _write_index(

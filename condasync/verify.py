@@ -32,7 +32,7 @@ from condasync.repodata import (
     is_subdir,
     parse_repodata,
 )
-from condasync.storage import LocalStorage, hash_file
+from condasync.storage import hash_file
 
 if TYPE_CHECKING:
     from condasync.s3storage import S3Object, S3Storage
@@ -173,18 +173,9 @@ def _verify_subdir(
         detail = f"info.subdir is {declared!r}, but the index is in {subdir!r}"
         add(Problem(subdir, "repodata.json", "invalid-index", detail))
 
-    checked = 0
+    sound = _sound_records(repodata.records, subdir, add)
     to_hash: list[tuple[str, Record]] = []
-    for key, record in repodata.records.items():
-        reason = check_filename(key)
-        if reason is not None:
-            add(Problem(subdir, key, "unsafe-key", reason))  # never joined into a path
-            continue
-        reason = check_record(record)
-        if reason is not None:
-            add(Problem(subdir, key, "invalid-record", reason))
-            continue
-        checked += 1
+    for key, record in sound:
         on_disk = files.get(key)
         if on_disk is None:
             add(Problem(subdir, key, "missing", "indexed file does not exist"))
@@ -201,7 +192,25 @@ def _verify_subdir(
         for problem in problems:
             add(problem)
     orphans = [n for n in sorted(files) if is_package_name(n) and n not in repodata.records]
-    return checked, orphans
+    return len(sound), orphans
+
+
+def _sound_records(
+    records: dict[str, Record], subdir: str, add: Callable[[Problem], None]
+) -> list[tuple[str, Record]]:
+    """The records with a safe key and a checkable record; the others become problems."""
+    sound = []
+    for key, record in records.items():
+        reason = check_filename(key)
+        if reason is not None:
+            add(Problem(subdir, key, "unsafe-key", reason))  # never joined into a path
+            continue
+        reason = check_record(record)
+        if reason is not None:
+            add(Problem(subdir, key, "invalid-record", reason))
+            continue
+        sound.append((key, record))
+    return sound
 
 
 def _check_file(path: Path, subdir: str, key: str, record: Record, deep: bool) -> list[Problem]:
@@ -294,7 +303,7 @@ def _shown(name: str) -> str:
 
 
 def verify_storage(
-    storage: LocalStorage | S3Storage, deep: bool = False, on_problem: ProblemListener | None = None
+    storage: S3Storage, deep: bool = False, on_problem: ProblemListener | None = None
 ) -> VerifyReport:
     """`verify` for an object store: one LIST, each index read once.
 
@@ -302,10 +311,6 @@ def verify_storage(
     and the record has an md5; with `deep`, every object is downloaded and hashed. The
     metadata check of `verify_tree --deep` (opening each package) is local only.
     """
-    from condasync.s3storage import S3Storage
-
-    if not isinstance(storage, S3Storage):
-        return verify_tree(storage.root, deep=deep, on_problem=on_problem)
     report = VerifyReport(dir=storage.label)
 
     def add(problem: Problem) -> None:
@@ -333,16 +338,9 @@ def verify_storage(
         except ValueError as exc:
             add(Problem(subdir, "repodata.json", "invalid-index", str(exc)))
             continue
-        for key, record in records.items():
-            reason = check_filename(key)
-            if reason is not None:
-                add(Problem(subdir, key, "unsafe-key", reason))
-                continue
-            reason = check_record(record)
-            if reason is not None:
-                add(Problem(subdir, key, "invalid-record", reason))
-                continue
-            report.files_checked += 1
+        sound = _sound_records(records, subdir, add)
+        report.files_checked += len(sound)
+        for key, record in sound:
             for problem in _check_object(storage, subdir, key, record, objects.get(key), deep):
                 add(problem)
         report.orphans.extend(

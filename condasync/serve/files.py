@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from condasync.serve.httpcache import (
+    conditional_headers,
     http_date,
     is_range_syntax,
     make_etag,
@@ -100,16 +101,7 @@ async def _send_file(
     size = st.st_size
     etag = make_etag(size, st.st_mtime_ns, st.st_ino)
     last_modified = _last_modified(st.st_mtime)
-    inm = ims = rng = if_range = None
-    for key, value in scope["headers"]:
-        if key == b"if-none-match":
-            inm = value.decode("latin-1")
-        elif key == b"if-modified-since":
-            ims = value.decode("latin-1")
-        elif key == b"range":
-            rng = value.decode("latin-1")
-        elif key == b"if-range":
-            if_range = value.decode("latin-1")
+    inm, ims, rng, if_range = conditional_headers(scope["headers"])
     headers: Headers = [
         (b"etag", etag.encode()),
         (b"last-modified", last_modified),

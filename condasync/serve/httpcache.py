@@ -3,7 +3,24 @@
 from __future__ import annotations
 
 import email.utils
+from collections.abc import Iterable
 from datetime import datetime
+
+
+def conditional_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, str | None, str | None]:
+    """(If-None-Match, If-Modified-Since, Range, If-Range) from raw ASGI request headers."""
+    found: dict[bytes, str] = {}
+    for key, value in headers:
+        if key in (b"if-none-match", b"if-modified-since", b"range", b"if-range"):
+            found[key] = value.decode("latin-1")
+    return (
+        found.get(b"if-none-match"),
+        found.get(b"if-modified-since"),
+        found.get(b"range"),
+        found.get(b"if-range"),
+    )
 
 
 def make_etag(size: int, mtime_ns: int, ino: int = 0) -> str:

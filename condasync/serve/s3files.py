@@ -12,6 +12,7 @@ from obstore.exceptions import NotFoundError, PreconditionError
 
 from condasync.serve.files import CHUNK, Headers, Scope, Send, send_text
 from condasync.serve.httpcache import (
+    conditional_headers,
     http_date,
     is_range_syntax,
     not_modified,
@@ -43,20 +44,6 @@ def _etag(meta: ObjectMeta) -> str:
 
 def _seconds(moment: datetime.datetime) -> int:
     return int(moment.timestamp())
-
-
-def _ranges(scope: Scope) -> tuple[str | None, str | None, str | None, str | None]:
-    inm = ims = rng = if_range = None
-    for key, value in scope["headers"]:
-        if key == b"if-none-match":
-            inm = value.decode("latin-1")
-        elif key == b"if-modified-since":
-            ims = value.decode("latin-1")
-        elif key == b"range":
-            rng = value.decode("latin-1")
-        elif key == b"if-range":
-            if_range = value.decode("latin-1")
-    return inm, ims, rng, if_range
 
 
 async def send_object(
@@ -99,7 +86,7 @@ async def _send_object(
     extra: Headers,
 ) -> bool:
     head = scope["method"] == "HEAD"
-    inm, ims, rng, if_range = _ranges(scope)
+    inm, ims, rng, if_range = conditional_headers(scope["headers"])
     meta = await obstore.head_async(store, key)
     size = meta["size"]
     etag = _etag(meta)
