@@ -184,9 +184,14 @@ class IndexFetch:
     unchanged: bool
     source: str = ""  # URL of the file that answered
     body: bytes | None = None  # decompressed repodata.json
+    sha256: str | None = None  # of the bytes as transferred (compressed, for .zst)
     etag: str | None = None
     last_modified: str | None = None
     missing: bool = False
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 async def fetch_index(
@@ -195,47 +200,62 @@ async def fetch_index(
     validators: tuple[str, str | None, str | None] | None,
     retries: int,
     backoff: float,
+    alongside: Callable[[], Awaitable[None]] | None = None,
 ) -> IndexFetch:
-    """GET repodata.json.zst, falling back to repodata.json; conditional when validators match."""
-    for name in ("repodata.json.zst", "repodata.json"):
-        url = join(subdir_url, name)
-        headers: dict[str, str] = {}
-        if validators and validators[0] == url:
-            if validators[1]:
-                headers["if-none-match"] = validators[1]
-            if validators[2]:
-                headers["if-modified-since"] = validators[2]
-        try:
-            async for attempt in retrying(retries, backoff):
-                with attempt:
-                    response = await client.get(url, headers=headers)
-                    if response.status_code == 429 or response.status_code >= 500:
-                        raise RetryableStatus(
-                            f"HTTP {response.status_code}",
-                            _retry_after(response.headers.get("retry-after")),
-                        )
-        except (httpx.TransportError, RetryableStatus) as exc:
-            raise UpstreamError(f"cannot fetch {_tail(url)}: {describe(exc)}") from None
-        if response.status_code == 304:
-            return IndexFetch(unchanged=True, source=url)
-        if response.status_code in FALLBACK_STATUSES:
-            continue
-        if response.status_code >= 400:
-            raise UpstreamError(f"cannot fetch {_tail(url)}: HTTP {response.status_code}")
-        body = response.content
-        if name.endswith(".zst"):
+    """GET repodata.json.zst, falling back to repodata.json; conditional when validators match.
+
+    `alongside` starts once a new body has arrived, to run while it is decompressed.
+    """
+    side: asyncio.Future[None] | None = None
+    try:
+        for name in ("repodata.json.zst", "repodata.json"):
+            url = join(subdir_url, name)
+            headers: dict[str, str] = {}
+            if validators and validators[0] == url:
+                if validators[1]:
+                    headers["if-none-match"] = validators[1]
+                if validators[2]:
+                    headers["if-modified-since"] = validators[2]
             try:
-                body = await asyncio.to_thread(decompress_zst, body)
-            except ValueError:
-                continue  # a broken .zst is not fatal while repodata.json may be fine
-        return IndexFetch(
-            unchanged=False,
-            source=url,
-            body=body,
-            etag=response.headers.get("etag"),
-            last_modified=response.headers.get("last-modified"),
-        )
-    return IndexFetch(unchanged=False, missing=True)
+                async for attempt in retrying(retries, backoff):
+                    with attempt:
+                        response = await client.get(url, headers=headers)
+                        if response.status_code == 429 or response.status_code >= 500:
+                            raise RetryableStatus(
+                                f"HTTP {response.status_code}",
+                                _retry_after(response.headers.get("retry-after")),
+                            )
+            except (httpx.TransportError, RetryableStatus) as exc:
+                raise UpstreamError(f"cannot fetch {_tail(url)}: {describe(exc)}") from None
+            if response.status_code == 304:
+                return IndexFetch(unchanged=True, source=url)
+            if response.status_code in FALLBACK_STATUSES:
+                continue
+            if response.status_code >= 400:
+                raise UpstreamError(f"cannot fetch {_tail(url)}: HTTP {response.status_code}")
+            body = response.content
+            if side is None and alongside is not None:
+                side = asyncio.ensure_future(alongside())
+            # hashed while it decompresses: both release the GIL
+            digest = asyncio.ensure_future(asyncio.to_thread(_sha256, body))
+            if name.endswith(".zst"):
+                try:
+                    body = await asyncio.to_thread(decompress_zst, body)
+                except ValueError:
+                    await digest
+                    continue  # a broken .zst is not fatal while repodata.json may be fine
+            return IndexFetch(
+                unchanged=False,
+                source=url,
+                body=body,
+                sha256=await digest,
+                etag=response.headers.get("etag"),
+                last_modified=response.headers.get("last-modified"),
+            )
+        return IndexFetch(unchanged=False, missing=True)
+    finally:
+        if side is not None:
+            await side
 
 
 async def fetch_optional(client: httpx.AsyncClient, url: str) -> bytes | None:

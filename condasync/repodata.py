@@ -314,33 +314,76 @@ def _part(top: dict[str, msgspec.Raw], key: str, kind: type[Any], where: str) ->
         raise ValueError(f"{where} has a malformed {key!r}") from None
 
 
+_NULL = msgspec.Raw(b"null")
+
+
+class _RawDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A whole index in one pass, records kept raw (for the common, well-formed case)."""
+
+    info: msgspec.Raw = _NULL
+    packages: dict[str, msgspec.Raw] | None = None
+    conda: dict[str, msgspec.Raw] | None = msgspec.field(default=None, name="packages.conda")
+    removed: msgspec.Raw = _NULL
+    repodata_version: msgspec.Raw = _NULL
+
+
+class _LiteDoc(msgspec.Struct, gc=False):
+    packages: dict[str, Lite] | None = None
+    conda: dict[str, Lite] | None = msgspec.field(default=None, name="packages.conda")
+
+
+_raw_doc = msgspec.json.Decoder(_RawDoc)
+_lite_doc = msgspec.json.Decoder(_LiteDoc)
+
+
+def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
+    """One pass for the raw records, one for the typed views; None unless every part is
+    well-formed (the general path then finds what is not)."""
+    try:
+        doc = _raw_doc.decode(data)
+        lite = _lite_doc.decode(data)
+    except msgspec.ValidationError:
+        return None
+    parts = (
+        ("info", doc.info),
+        ("removed", doc.removed),
+        ("repodata_version", doc.repodata_version),
+    )
+    top = dict(parts)  # a missing part is JSON null, as _part reads it
+    views = lite.packages or {}
+    views.update(lite.conda or {})
+    sections = {"packages": doc.packages or {}, "packages.conda": doc.conda or {}}
+    return top, Index(info={}, sections=sections, lite=views, rejected={})
+
+
 def parse_index(data: bytes, subdir: str) -> Index:
     """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document."""
     where = f"{subdir}/repodata.json"
     try:
         with gc_paused():
-            top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
-            sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
-            # The typed views last, so the memory they take is freed in one piece later.
-            lite: dict[str, Lite] = {}
-            rejected: dict[str, str] = {}
-            for key in PACKAGE_KEYS:
-                part_lite, part_rejected = _lite_of(top.get(key), sections[key])
-                lite.update(part_lite)
-                rejected.update(part_rejected)
+            fast = _parse_fast(data)
+            if fast is not None:
+                top, index = fast
+            else:
+                top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+                sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
+                # The typed views last, so the memory they take is freed in one piece later.
+                lite: dict[str, Lite] = {}
+                rejected: dict[str, str] = {}
+                for key in PACKAGE_KEYS:
+                    part_lite, part_rejected = _lite_of(top.get(key), sections[key])
+                    lite.update(part_lite)
+                    rejected.update(part_rejected)
+                index = Index(info={}, sections=sections, lite=lite, rejected=rejected)
     except msgspec.DecodeError as exc:
         if isinstance(exc, msgspec.ValidationError):
             raise ValueError(f"{where} is not a JSON object") from None
         raise ValueError(f"{where} is not valid JSON: {exc}") from None
-    return Index(
-        info=_part(top, "info", dict[str, Any], where) or {},
-        sections=sections,
-        lite=lite,
-        rejected=rejected,
-        removed=_part(top, "removed", list[Any], where) or [],
-        version=_part(top, "repodata_version", int, where),
-        extra={k: v for k, v in top.items() if k not in _TOP_KEYS},
-    )
+    index.info = _part(top, "info", dict[str, Any], where) or {}
+    index.removed = _part(top, "removed", list[Any], where) or []
+    index.version = _part(top, "repodata_version", int, where)
+    index.extra = {k: v for k, v in top.items() if k not in _TOP_KEYS}
+    return index
 
 
 def encode_index(

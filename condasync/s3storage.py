@@ -110,6 +110,21 @@ def _ready(data: bytes | Future[bytes]) -> bytes:
     return data.result() if isinstance(data, Future) else data
 
 
+class S3Prepared:
+    """Index files held until publish(), which PUTs them in order (see S3Storage.prepare)."""
+
+    def __init__(self, storage: S3Storage, files: list[tuple[str, bytes]]) -> None:
+        self._storage = storage
+        self._files = files
+
+    def publish(self) -> list[str]:
+        files, self._files = self._files, []
+        return self._storage.publish(files)
+
+    def discard(self) -> None:
+        self._files = []
+
+
 class S3Staged:
     """A streamed upload to the final key: parts go up as they fill, nothing is visible until
     commit() completes the upload; discard() aborts it."""
@@ -365,6 +380,12 @@ class S3Storage:
         for relpath, data in changed:
             self._put(relpath, data)
         return [relpath for relpath, _ in changed]
+
+    def prepare(
+        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
+    ) -> S3Prepared:
+        """An object store has no rename: the PUTs wait for publish() (the data stays here)."""
+        return S3Prepared(self, [(relpath, _ready(data)) for relpath, data in files])
 
     def _holds(self, relpath: str, data: bytes) -> bool:
         """Same bytes? A plain PUT's ETag is the MD5 of the body, so usually one HEAD decides."""

@@ -70,6 +70,13 @@ class StagedFile(Protocol):
     def discard(self) -> None: ...
 
 
+class Prepared(Protocol):
+    """Files written out in full but not yet visible: publish() puts them in place, in order."""
+
+    def publish(self) -> list[str]: ...
+    def discard(self) -> None: ...
+
+
 class Storage(Protocol):
     """A mirror target. `local` is True when small writes are cheap enough to do inline and
     the folder mtime tells whether someone else touched a subdir."""
@@ -81,6 +88,9 @@ class Storage(Protocol):
     def read(self, relpath: str) -> bytes | None: ...
     def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
     def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]: ...
+    def prepare(
+        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
+    ) -> Prepared: ...
     def delete(self, relpath: str) -> None: ...
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
     def open(self, relpath: str) -> BinaryIO: ...
@@ -159,6 +169,32 @@ class LocalStaged:
             self.path.unlink(missing_ok=True)
 
 
+class LocalPrepared:
+    """Temp files waiting to be renamed over their targets (see LocalStorage.prepare)."""
+
+    def __init__(self, root: Path, pending: list[tuple[int, Path, Path]]) -> None:
+        self._root = root
+        self._pending = [(tmp, target) for _, tmp, target in pending]
+
+    def publish(self) -> list[str]:
+        """Rename every temp over its target, in the order given; returns what changed."""
+        done: list[str] = []
+        try:
+            while self._pending:
+                tmp, target = self._pending[0]
+                os.replace(tmp, target)
+                self._pending.pop(0)
+                done.append(str(target.relative_to(self._root)))
+        except OSError as exc:
+            raise describe_os_error(exc, self._pending[0][1].name) from None
+        return done
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            tmp.unlink(missing_ok=True)
+        self._pending = []
+
+
 class LocalStorage:
     """A mirror tree on a local filesystem."""
 
@@ -214,7 +250,21 @@ class LocalStorage:
         a compression still running): ready files are written first, while it finishes.
         Returns what changed.
         """
-        pending: dict[int, tuple[Path, Path]] = {}
+        prepared = self.prepare(files)
+        try:
+            return prepared.publish()
+        finally:
+            prepared.discard()
+
+    def prepare(
+        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
+    ) -> LocalPrepared:
+        """The write half of publish(): temp files, complete and fsynced, not yet renamed.
+
+        `staged` puts them in the subdir's staging folder, which the next run clears, for
+        files prepared long before they are published (a kill -9 in between leaves no litter).
+        """
+        pending: list[tuple[int, Path, Path]] = []
         relpath = ""
         try:
             ready_first = sorted(range(len(files)), key=lambda i: isinstance(files[i][1], Future))
@@ -225,21 +275,20 @@ class LocalStorage:
                 target = self.path(relpath)
                 if _holds(target, data):
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-                pending[i] = (tmp, target)
+                folder = target.parent / STAGING if staged else target.parent
+                folder.mkdir(parents=True, exist_ok=True)
+                tmp = folder / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+                pending.append((i, tmp, target))
                 with open(tmp, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-            for i in sorted(pending):
-                os.replace(*pending[i])
-        except OSError as exc:
-            raise describe_os_error(exc, relpath) from None
-        finally:
-            for tmp, _ in pending.values():
-                tmp.unlink(missing_ok=True)
-        return [str(pending[i][1].relative_to(self.root)) for i in sorted(pending)]
+        except BaseException as exc:
+            LocalPrepared(self.root, pending).discard()
+            if isinstance(exc, OSError):
+                raise describe_os_error(exc, relpath) from None
+            raise
+        return LocalPrepared(self.root, sorted(pending))
 
     def delete(self, relpath: str) -> None:
         try:

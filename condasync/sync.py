@@ -56,6 +56,7 @@ from condasync.state import (
     save_meta,
 )
 from condasync.storage import (
+    Prepared,
     S3Options,
     StagedFile,
     Storage,
@@ -107,6 +108,7 @@ class _Upstream:
     body_sha256: str | None = None
     check_files: bool = False  # stat every file in state: something else touched the folder
     timings: dict[str, float] = field(default_factory=dict)
+    local: dict[str, FileState] | None = None  # our files state, when loaded during the fetch
 
 
 def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
@@ -284,20 +286,34 @@ async def _fetch_upstream(
         and _published_intact(storage, subdir, meta)
     )
     validators = (meta.source, meta.etag, meta.last_modified) if meta and intact else None
+    loaded: list[dict[str, FileState]] = []
+
+    async def load_state() -> None:
+        loaded.append(await asyncio.to_thread(load_files, storage, subdir))
+
+    # A new body means work: our (large) files state loads while it decompresses. Not when
+    # only a hash of the body can tell it is unchanged (an upstream without validators).
+    expect_work = validators is None or bool(validators[1] or validators[2])
     started = time.monotonic()
     fetched = await fetch.fetch_index(
-        client, join(base, subdir), validators, job.retries, job.backoff
+        client,
+        join(base, subdir),
+        validators,
+        job.retries,
+        job.backoff,
+        alongside=load_state if expect_work else None,
     )
     timings = {"fetch": round(time.monotonic() - started, 3)}
     if fetched.missing:
         if subdir != "noarch":
             raise UpstreamError(f"{subdir}/repodata.json not found upstream (HTTP 404)")
         fetched.body = dump_repodata(empty_repodata("noarch"))
+        fetched.sha256 = hashlib.sha256(fetched.body).hexdigest()
     if fetched.unchanged:
         return _Upstream(subdir, meta, fetched, None, timings=timings)
     assert fetched.body is not None
-    body_sha256 = hashlib.sha256(fetched.body).hexdigest()
-    if meta is not None and intact and meta.upstream_sha256 == body_sha256:
+    body_sha256 = fetched.sha256
+    if meta is not None and intact and body_sha256 and meta.upstream_sha256 == body_sha256:
         return _Upstream(subdir, meta, fetched, None, body_sha256, timings=timings)
     started = time.monotonic()
     try:
@@ -307,7 +323,14 @@ async def _fetch_upstream(
     fetched.body = None  # the records are views into the decompressed body, kept by parse_index
     timings["parse"] = round(time.monotonic() - started, 3)
     return _Upstream(
-        subdir, meta, fetched, repodata, body_sha256, check_files=not untouched, timings=timings
+        subdir,
+        meta,
+        fetched,
+        repodata,
+        body_sha256,
+        check_files=not untouched,
+        timings=timings,
+        local=loaded[0] if loaded else None,
     )
 
 
@@ -339,7 +362,8 @@ async def _sync_subdir(
     report.timings.update(upstream.timings)
     clock = time.monotonic()
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
-        local = load_files(storage, subdir)
+        local = upstream.local if upstream.local is not None else load_files(storage, subdir)
+        upstream.local = None
         on_disk: dict[str, tuple[int, int]] = {}
         if upstream.check_files:  # keep only what is still there as we left it
             on_disk = storage.listing(subdir)
@@ -379,29 +403,46 @@ async def _sync_subdir(
         # new name changes it), and one that changed was just listed; an object store has no
         # folder mtime, so it is listed (one LIST per 1000 objects, not one HEAD per package).
         present = on_disk if storage.local or not todo else storage.listing(subdir)
-        done, staged = await _download_all(
-            job, client, package_base, storage, subdir, plan, wanted, present, report, listen
+        # The indexes to publish are written out while the packages download (the other core
+        # compresses and writes them): an interim one when files change under their name, and
+        # the final one as it will be if every download succeeds.
+        ahead = asyncio.ensure_future(
+            asyncio.to_thread(
+                _prepare_indexes, storage, subdir, index, published, kept_removed, plan, job
+            )
         )
+        try:
+            done, staged = await _download_all(
+                job, client, package_base, storage, subdir, plan, wanted, present, report, listen
+            )
+        except BaseException:
+            await _discard_when_ready(ahead)
+            raise
         clock = report.timed("download", clock)
+        interim, final = await ahead
+        clock = report.timed("index", clock)
         skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
-        if staged:
+        if skip:  # the final index was written for all downloads succeeding: write it again
+            final.discard()
+            data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
+            final = await asyncio.to_thread(_prepare_index, storage, subdir, data, job)
+            del data
+            clock = report.timed("reindex", clock)
+        if interim is not None and staged:
             # Interim index without the files about to change, so no reader ever sees an
             # index whose record disagrees with the bytes on disk. Until now readers saw
             # the old snapshot, old files included.
-            interim = skip | set(staged)
-            data = await asyncio.to_thread(_encode, index, subdir, published, interim, kept_removed)
-            # it lives for seconds: the fastest zstd level will do
-            await asyncio.to_thread(_write_index, storage, subdir, data, job, 1)
-            del data
+            await asyncio.to_thread(interim.publish)
             clock = report.timed("interim", clock)
+        elif interim is not None:
+            interim.discard()
         mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
         for filename, mtime_ns in zip(staged, mtimes, strict=True):
             record = wanted[filename]
             done[filename] = FileState(record.size, record.digest, mtime_ns)
         clock = report.timed("commit", clock)
-        data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
-        stats = await asyncio.to_thread(_write_index, storage, subdir, data, job)
-        del data
+        await asyncio.to_thread(final.publish)
+        stats = _index_stats(storage, subdir)
         clock = report.timed("publish", clock)
         report.packages = n_published - len(skip) + len(kept_removed)
         listen(Event("published", subdir, count=report.packages))
@@ -556,13 +597,51 @@ def _kept_removed_records(
     return {fn: record for fn, record in found.items() if record is not None}
 
 
-def _write_index(
-    storage: Storage, subdir: str, data: bytes, job: MirrorJob, level: int | None = None
-) -> dict[str, list[int]]:
-    """Publish .zst first, then .json (clients prefer .zst); return what we wrote, for state.
+def _prepare_indexes(
+    storage: Storage,
+    subdir: str,
+    index: Index,
+    published: set[str] | None,
+    kept_removed: dict[str, msgspec.Raw],
+    plan: Plan,
+    job: MirrorJob,
+) -> tuple[Prepared | None, Prepared]:
+    """(interim, final) index files, written but not yet published (runs during downloads).
 
-    Compression runs in its own thread while the JSON temp file is written.
+    The interim index lists only records whose files are already in place and stay so: not
+    the adds (they may fail) and not the replacements (their bytes are about to change).
     """
+    interim = None
+    if plan.replace:
+        skip = set(plan.add) | set(plan.replace)
+        data = _encode(index, subdir, published, skip, kept_removed)
+        interim = _prepare_index(storage, subdir, data, job, 1)  # lives for seconds: fastest zstd
+        del data
+    try:
+        data = _encode(index, subdir, published, set(), kept_removed)
+        return interim, _prepare_index(storage, subdir, data, job)
+    except BaseException:
+        if interim is not None:
+            interim.discard()
+        raise
+
+
+async def _discard_when_ready(ahead: asyncio.Future[tuple[Prepared | None, Prepared]]) -> None:
+    """After a failed download phase: wait for the index thread, then drop what it wrote."""
+    try:
+        interim, final = await asyncio.shield(ahead)
+    except BaseException:
+        return
+    for prepared in (interim, final):
+        if prepared is not None:
+            prepared.discard()
+
+
+def _prepare_index(
+    storage: Storage, subdir: str, data: bytes, job: MirrorJob, level: int | None = None
+) -> Prepared:
+    """.zst first, then .json (clients prefer .zst); zstd runs in its own thread while the
+    JSON temp file is written."""
     with ThreadPoolExecutor(2) as pool:
         files: list[tuple[str, bytes | Future[bytes]]] = [
             (
@@ -573,7 +652,11 @@ def _write_index(
         if job.bz2:
             files.append((f"{subdir}/repodata.json.bz2", pool.submit(bz2.compress, data, 9)))
         files.append((f"{subdir}/repodata.json", data))
-        storage.publish(files)
+        return storage.prepare(files, staged=True)
+
+
+def _index_stats(storage: Storage, subdir: str) -> dict[str, list[int]]:
+    """What we published, for state: size and mtime of each index file."""
     stats = {}
     for name in INDEX_FILES:
         st = storage.stat(f"{subdir}/{name}")
