@@ -89,7 +89,10 @@ class Storage(Protocol):
     def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
     def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]: ...
     def prepare(
-        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
+        self,
+        files: Sequence[tuple[str, bytes | Future[bytes]]],
+        staged: bool = False,
+        always: bool = False,
     ) -> Prepared: ...
     def delete(self, relpath: str) -> None: ...
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
@@ -257,12 +260,17 @@ class LocalStorage:
             prepared.discard()
 
     def prepare(
-        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
+        self,
+        files: Sequence[tuple[str, bytes | Future[bytes]]],
+        staged: bool = False,
+        always: bool = False,
     ) -> LocalPrepared:
         """The write half of publish(): temp files, complete and fsynced, not yet renamed.
 
         `staged` puts them in the subdir's staging folder, which the next run clears, for
         files prepared long before they are published (a kill -9 in between leaves no litter).
+        `always` writes a file even when its target holds these bytes now (the target is
+        going to change before this is published).
         """
         pending: list[tuple[int, Path, Path]] = []
         relpath = ""
@@ -273,7 +281,7 @@ class LocalStorage:
                 if isinstance(data, Future):
                     data = data.result()
                 target = self.path(relpath)
-                if _holds(target, data):
+                if not always and _holds(target, data):
                     continue
                 folder = target.parent / STAGING if staged else target.parent
                 folder.mkdir(parents=True, exist_ok=True)

@@ -425,7 +425,15 @@ async def _sync_subdir(
         if skip:  # the final index was written for all downloads succeeding: write it again
             final.discard()
             data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
-            final = await asyncio.to_thread(_prepare_index, storage, subdir, data, job)
+            final = await asyncio.to_thread(
+                _prepare_index,
+                storage,
+                subdir,
+                data,
+                job,
+                None,
+                interim is not None and bool(staged),
+            )
             del data
             clock = report.timed("reindex", clock)
         if interim is not None and staged:
@@ -619,7 +627,8 @@ def _prepare_indexes(
         del data
     try:
         data = _encode(index, subdir, published, set(), kept_removed)
-        return interim, _prepare_index(storage, subdir, data, job)
+        # after an interim index, the final one is written even if it matches today's
+        return interim, _prepare_index(storage, subdir, data, job, always=interim is not None)
     except BaseException:
         if interim is not None:
             interim.discard()
@@ -638,7 +647,12 @@ async def _discard_when_ready(ahead: asyncio.Future[tuple[Prepared | None, Prepa
 
 
 def _prepare_index(
-    storage: Storage, subdir: str, data: bytes, job: MirrorJob, level: int | None = None
+    storage: Storage,
+    subdir: str,
+    data: bytes,
+    job: MirrorJob,
+    level: int | None = None,
+    always: bool = False,
 ) -> Prepared:
     """.zst first, then .json (clients prefer .zst); zstd runs in its own thread while the
     JSON temp file is written."""
@@ -652,7 +666,7 @@ def _prepare_index(
         if job.bz2:
             files.append((f"{subdir}/repodata.json.bz2", pool.submit(bz2.compress, data, 9)))
         files.append((f"{subdir}/repodata.json", data))
-        return storage.prepare(files, staged=True)
+        return storage.prepare(files, staged=True, always=always)
 
 
 def _index_stats(storage: Storage, subdir: str) -> dict[str, list[int]]:

@@ -6,12 +6,14 @@ import orjson
 import pytest
 
 from condasync.repodata import (
+    Lite,
     check_filename,
     check_record,
     compress_zst,
     decompress_zst,
     digest_of,
     dump_repodata,
+    parse_index,
     parse_repodata,
     partition_records,
     publishable,
@@ -119,3 +121,47 @@ def test_zstd_round_trip_and_corrupt() -> None:
     assert decompress_zst(compress_zst(data)) == data
     with pytest.raises(ValueError):
         decompress_zst(b"garbage")
+
+
+def _engine_view(data: bytes) -> tuple[object, ...]:
+    index = parse_index(data, "noarch")
+    sections = {
+        key: {fn: bytes(raw) for fn, raw in recs.items()} for key, recs in index.sections.items()
+    }
+    extra = {key: bytes(raw) for key, raw in index.extra.items()}
+    return index.info, sections, index.lite, index.rejected, index.removed, index.version, extra
+
+
+def test_parse_index_one_pass_and_general_path_agree() -> None:
+    """A well-formed index takes the one-pass parse; an extra top-level key or a malformed
+    record takes the general one. Both must give the same records, views and rejections."""
+    doc = {
+        "info": {"subdir": "noarch"},
+        "packages": {"a-1-0.tar.bz2": GOOD},
+        "packages.conda": {"b-1-0.conda": {**GOOD, "md5": "b" * 32}},
+        "removed": ["c-1-0.conda"],
+        "repodata_version": 1,
+    }
+    fast = _engine_view(orjson.dumps(doc))
+    slow = _engine_view(orjson.dumps({**doc, "signatures": {}}))
+    assert fast[:6] == slow[:6]
+    assert slow[6] == {"signatures": b"{}"}
+    assert fast[6] == {}
+    assert fast[2] == {  # the typed views
+        "a-1-0.tar.bz2": Lite(3, "a" * 64),
+        "b-1-0.conda": Lite(3, "a" * 64, "b" * 32),
+    }
+    bad = {**doc, "packages.conda": {"b-1-0.conda": GOOD, "d-1-0.conda": {"size": "big"}}}
+    index = parse_index(orjson.dumps(bad), "noarch")
+    assert set(index.lite) == {"a-1-0.tar.bz2", "b-1-0.conda"}
+    assert set(index.rejected) == {"d-1-0.conda"}
+    assert "d-1-0.conda" in index  # still listed raw; the engine never publishes it
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"not json", b"[1, 2]", b'{"packages": []}', b'{"info": 3}', b'{"removed": {}}', b"{"],
+)
+def test_parse_index_rejects_malformed(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        parse_index(data, "noarch")
