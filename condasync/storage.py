@@ -6,6 +6,7 @@ of validated parts; the backend still refuses anything that would resolve outsid
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -107,28 +108,42 @@ _RUN = uuid.uuid4().hex[:8]  # temp names: this process's tag and a serial numbe
 _serial = itertools.count()
 
 
+def _staging_dir(parent: str, made: set[str]) -> str:
+    """`<parent>/.condasync-tmp`, created once; refused if something planted a link there
+    (temp files would then land outside the tree)."""
+    staging = os.path.join(parent, STAGING)
+    if staging not in made:
+        os.makedirs(staging, exist_ok=True)
+        if os.path.islink(staging):
+            raise SafetyError(f"refusing to stage through the symlink {staging}")
+        made.add(staging)
+    return staging
+
+
 class LocalStaged:
     """A file being written for `target`: held in memory while small, then a temp file in
     `<subdir>/.condasync-tmp/`, moved over its target with os.replace on commit.
 
     Small packages never touch the disk until commit, so the engine can do the whole
-    create-write-rename in one worker-thread call.
+    create-write-rename in one call (three syscalls and a rename). The rename replaces
+    whatever entry is at the target, a symlink included, and never follows it.
     """
 
-    def __init__(self, target: Path, made: set[Path]) -> None:
+    def __init__(self, target: str, made: set[str]) -> None:
         self.target = target
         self._made = made  # staging folders this storage knows exist
-        self.path: Path | None = None
+        self.path: str | None = None
         self._buf = bytearray()
         self._fh: BinaryIO | None = None
+        self._mtime_ns = 0
+
+    def _temp(self) -> str:
+        staging = _staging_dir(os.path.dirname(self.target), self._made)
+        return f"{staging}/{os.path.basename(self.target)}.{_RUN}.{next(_serial)}"
 
     def _spill(self) -> BinaryIO:
         if self._fh is None:
-            staging = self.target.parent / STAGING
-            if staging not in self._made:
-                staging.mkdir(parents=True, exist_ok=True)
-                self._made.add(staging)
-            self.path = staging / f"{self.target.name}.{_RUN}.{next(_serial)}"
+            self.path = self._temp()
             self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
             self._fh.write(self._buf)
             self._buf = bytearray()
@@ -141,16 +156,29 @@ class LocalStaged:
             else:
                 self._spill().write(chunk)
         except OSError as exc:
-            raise describe_os_error(exc, self.target.name) from None
+            raise describe_os_error(exc, os.path.basename(self.target)) from None
 
     def close(self) -> None:
         """Put the bytes on disk (not yet visible); call from a worker thread."""
         try:
-            fh = self._spill()
-            self._fh = None
-            fh.close()
+            if self._fh is None:  # still in memory: create and write in one go
+                self.path = self._temp()
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                try:
+                    view = memoryview(self._buf)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    self._mtime_ns = os.fstat(fd).st_mtime_ns  # a rename keeps it
+                finally:
+                    os.close(fd)
+                self._buf = bytearray()
+            else:
+                fh, self._fh = self._fh, None
+                with fh:
+                    fh.flush()
+                    self._mtime_ns = os.fstat(fh.fileno()).st_mtime_ns
         except OSError as exc:
-            raise describe_os_error(exc, self.target.name) from None
+            raise describe_os_error(exc, os.path.basename(self.target)) from None
 
     def commit(self) -> int:
         """Move into place atomically; returns the committed file's mtime_ns."""
@@ -159,9 +187,9 @@ class LocalStaged:
         assert self.path is not None
         try:
             os.replace(self.path, self.target)
-            return self.target.stat().st_mtime_ns
         except OSError as exc:
-            raise describe_os_error(exc, self.target.name) from None
+            raise describe_os_error(exc, os.path.basename(self.target)) from None
+        return self._mtime_ns
 
     def discard(self) -> None:
         self._buf = bytearray()
@@ -169,7 +197,8 @@ class LocalStaged:
             self._fh.close()
             self._fh = None
         if self.path is not None:
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 class LocalPrepared:
@@ -213,7 +242,8 @@ class LocalStorage:
         self.label = str(root)
         self.local = True
         self._dirs: dict[str, Path] = {}
-        self._staging: set[Path] = set()
+        self._dir_names: dict[str, str] = {}  # the same folders, as strings
+        self._staging: set[str] = set()
 
     def path(self, relpath: str) -> Path:
         """safe_join, with the resolved parent folder cached: one lstat per package, not eight."""
@@ -229,11 +259,16 @@ class LocalStorage:
         return path
 
     def stage(self, relpath: str) -> StagedFile:
-        target = self.path(relpath)
-        try:
-            return LocalStaged(target, self._staging)
-        except OSError as exc:
-            raise describe_os_error(exc, relpath) from None
+        """A file to write; no symlink check on the target, since a rename never follows one."""
+        head, _, name = relpath.rpartition("/")
+        parent = self._dir_names.get(head) if head else None
+        if parent is None or not plain_relpath(name):
+            target = str(self.path(relpath))  # checks it, and caches the folder
+            if head in self._dirs:
+                self._dir_names[head] = str(self._dirs[head])
+        else:
+            target = f"{parent}/{name}"
+        return LocalStaged(target, self._staging)
 
     def read(self, relpath: str) -> bytes | None:
         try:
@@ -283,7 +318,9 @@ class LocalStorage:
                 target = self.path(relpath)
                 if not always and _holds(target, data):
                     continue
-                folder = target.parent / STAGING if staged else target.parent
+                folder = target.parent
+                if staged:
+                    folder = Path(_staging_dir(str(folder), self._staging))
                 folder.mkdir(parents=True, exist_ok=True)
                 tmp = folder / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
                 pending.append((i, tmp, target))
@@ -316,7 +353,9 @@ class LocalStorage:
 
     def clear_staging(self, subdir: str) -> None:
         staging = self.path(subdir) / STAGING
-        self._staging.discard(staging)
+        self._staging.discard(str(staging))
+        if staging.is_symlink():
+            staging.unlink()
         shutil.rmtree(staging, ignore_errors=True)
 
     def listing(self, subdir: str) -> dict[str, tuple[int, int]]:

@@ -56,3 +56,27 @@ def test_prepare_refuses_paths_outside_the_root(tmp_path: Path) -> None:
         storage.prepare([("../escape.json", b"x")], staged=True)
     assert not (tmp_path / "escape.json").exists()
     assert _temps(tmp_path) == []
+
+
+def test_staging_never_writes_through_a_planted_symlink(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    storage = LocalStorage(tmp_path / "mirror")
+    (tmp_path / "mirror" / "noarch").mkdir()
+    (tmp_path / "mirror" / "noarch" / STAGING).symlink_to(outside)
+    staged = storage.stage("noarch/a-1-0.conda")
+    staged.write(b"package bytes")
+    with pytest.raises(StorageError):
+        staged.commit()
+    with pytest.raises(StorageError):
+        storage.prepare([("noarch/repodata.json", b"{}")], staged=True)
+    assert list(outside.iterdir()) == []
+    storage.clear_staging("noarch")  # a run starts by removing the link
+    assert not (tmp_path / "mirror" / "noarch" / STAGING).exists()
+    assert list(outside.iterdir()) == []
+    staged = storage.stage("noarch/a-1-0.conda")
+    staged.write(b"package bytes")
+    mtime_ns = staged.commit()
+    target = tmp_path / "mirror" / "noarch" / "a-1-0.conda"
+    assert target.read_bytes() == b"package bytes"
+    assert target.stat().st_mtime_ns == mtime_ns
