@@ -51,7 +51,8 @@ class Plan:
     add: tuple[str, ...]
     replace: tuple[str, ...]
     delete: tuple[str, ...]
-    keep: tuple[str, ...]
+    kept_removed: tuple[str, ...]  # gone upstream, kept by --keep-removed
+    unchanged: int  # wanted files we already hold as upstream lists them
 
 
 @dataclass

@@ -18,15 +18,17 @@ class Planned(Protocol):
     def digest(self) -> str: ...
 
 
-def unchanged(wanted: Mapping[str, Planned], local: Mapping[str, FileState]) -> set[str]:
-    """Filenames whose record matches what we hold (same size and digest)."""
+def changed(wanted: Mapping[str, Planned], local: Mapping[str, FileState]) -> set[str]:
+    """Filenames whose record we do not hold: new, or a different size or digest.
+
+    The result is small (what changed upstream), so nothing downstream builds or probes a set
+    of all 600k names.
+    """
     get = local.get
     return {
         fn
         for fn, record in wanted.items()
-        if (state := get(fn)) is not None
-        and state.digest == record.digest
-        and state.size == record.size
+        if (state := get(fn)) is None or state.digest != record.digest or state.size != record.size
     }
 
 
@@ -35,28 +37,24 @@ def build_plan(
     local: Mapping[str, FileState],
     keep_removed: bool,
     removed_upstream: AbstractSet[str] = frozenset(),
-    same: AbstractSet[str] | None = None,
+    differ: AbstractSet[str] | None = None,
 ) -> Plan:
-    """Decide add/replace/delete/keep per filename. No I/O.
+    """Decide add/replace/delete per filename. No I/O.
 
     `removed_upstream` are local files upstream no longer lists at all (as opposed to files
-    our filters now exclude); `--keep-removed` keeps only those. `same` is `unchanged(wanted,
-    local)` when the caller has it already. Set operations on key views keep this in C for
-    600k records.
+    our filters now exclude); `--keep-removed` keeps only those. `differ` is `changed(...)`
+    over a superset of `wanted` when the caller has it already.
     """
-    if same is None:
-        same = unchanged(wanted, local)
-    changed = wanted.keys() - same  # small: one pass over wanted, lookups in `same`
-    add = {fn for fn in changed if fn not in local}
+    if differ is None:
+        differ = changed(wanted, local)
+    todo = {fn for fn in differ if fn in wanted}
+    add = {fn for fn in todo if fn not in local}
     gone = local.keys() - wanted.keys()
     kept_gone = gone & removed_upstream if keep_removed else set()
-    if len(same) == len(wanted) - len(changed):
-        keep = tuple(same)  # `same` lies within `wanted`: no intersection needed
-    else:
-        keep = tuple(fn for fn in same if fn in wanted)
     return Plan(
         add=tuple(sorted(add)),
-        replace=tuple(sorted(changed - add)),
+        replace=tuple(sorted(todo - add)),
         delete=tuple(sorted(gone - kept_gone)),
-        keep=keep + tuple(kept_gone),
+        kept_removed=tuple(sorted(kept_gone)),
+        unchanged=len(wanted) - len(todo),
     )

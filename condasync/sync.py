@@ -32,7 +32,7 @@ from condasync.errors import (
 )
 from condasync.filters import Filters, include_names, select
 from condasync.models import Event, FileState, MirrorReport, Plan, SubdirReport
-from condasync.plan import build_plan, unchanged
+from condasync.plan import build_plan, changed
 from condasync.repodata import (
     Index,
     Lite,
@@ -370,17 +370,17 @@ async def _sync_subdir(
             local = {
                 fn: st for fn, st in local.items() if on_disk.get(fn) == (st.size, st.mtime_ns)
             }
-        valid, rejected, same = _validate(index, local)
+        valid, rejected, differ = _validate(index, local)
         selected = _select(index, valid, job.filters, subdir)
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
-        plan = build_plan(selected, local, job.keep_removed, removed_upstream, same)
+        plan = build_plan(selected, local, job.keep_removed, removed_upstream, differ)
         report.filtered = len(valid) - len(selected)
         # From here on only the records to fetch need their typed view; drop the rest.
         wanted = {fn: selected[fn] for fn in plan.add + plan.replace}
         # None: every upstream record is published (the common case; no 600k-name set)
         published = None if len(selected) == index.count() else set(selected)
         n_published = len(selected)
-        del valid, selected, same
+        del valid, selected, differ
         index.lite = {}
         gc.freeze()  # later collections during downloads need not walk all that again
     for key, reason in rejected.items():
@@ -390,7 +390,7 @@ async def _sync_subdir(
     if job.dry_run:
         report.added, report.replaced = list(plan.add), list(plan.replace)
         report.deleted = list(plan.delete)
-        report.packages = len(plan.keep) + len(plan.add) + len(plan.replace)
+        report.packages = plan.unchanged + len(plan.kept_removed) + len(plan.add + plan.replace)
         return
     todo = plan.add + plan.replace
     locker.ensure()
@@ -497,23 +497,23 @@ def _package_base(subdir_url: str, info: dict[str, object]) -> str:
 def _validate(
     index: Index, local: dict[str, FileState]
 ) -> tuple[dict[str, Lite], dict[str, str], set[str]]:
-    """Records safe to mirror, why the others are not, and which match our files already.
+    """Records safe to mirror, why the others are not, and which differ from our files.
 
     A record that matches a file we already verified (same name, size and digest) passed these
     checks on an earlier run; only new and changed records are checked again.
     """
-    same = unchanged(index.lite, local)
+    differ = changed(index.lite, local)
     rejected = dict(index.rejected)
-    for filename in index.lite.keys() - same:
+    for filename in differ:
         reason = check_filename(filename) or check_record(
             msgspec.json.decode(_raw(index, filename))
         )
         if reason is not None:
             rejected[filename] = reason
     if len(rejected) == len(index.rejected):
-        return index.lite, rejected, same
+        return index.lite, rejected, differ
     valid = {fn: lite for fn, lite in index.lite.items() if fn not in rejected}
-    return valid, rejected, same
+    return valid, rejected, differ
 
 
 def _raw(index: Index, filename: str) -> msgspec.Raw:
@@ -591,7 +591,7 @@ def _kept_removed_records(
     """--keep-removed: records upstream dropped come from the index we published last time."""
     if not keep_removed:
         return {}
-    kept = [fn for fn in plan.keep if fn not in index]
+    kept = plan.kept_removed
     if not kept:
         return {}
     raw = storage.read(f"{subdir}/repodata.json")

@@ -120,8 +120,10 @@ def test_plan() -> None:
     plan = build_plan(wanted, local, keep_removed=False, removed_upstream={"gone-1-0.conda"})
     assert plan.add == ("a-1-0.conda",)
     assert plan.replace == ("c-1-0.conda",)
-    assert plan.keep == ("b-1-0.conda",)
+    assert plan.unchanged == 1  # b: same size and digest as held
+    assert plan.kept_removed == ()
     assert plan.delete == ("filtered-1-0.conda", "gone-1-0.conda")
     kept = build_plan(wanted, local, keep_removed=True, removed_upstream={"gone-1-0.conda"})
     assert kept.delete == ("filtered-1-0.conda",)
-    assert set(kept.keep) == {"b-1-0.conda", "gone-1-0.conda"}
+    assert kept.kept_removed == ("gone-1-0.conda",)
+    assert kept.unchanged == 1
