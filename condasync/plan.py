@@ -7,6 +7,7 @@ from collections.abc import Set as AbstractSet
 from typing import Protocol
 
 from condasync.models import FileState, Plan
+from condasync.repodata import check_filename
 
 
 class Planned(Protocol):
@@ -38,12 +39,15 @@ def build_plan(
     keep_removed: bool,
     removed_upstream: AbstractSet[str] = frozenset(),
     differ: AbstractSet[str] | None = None,
+    present: AbstractSet[str] = frozenset(),
 ) -> Plan:
     """Decide add/replace/delete per filename. No I/O.
 
     `removed_upstream` are local files upstream no longer lists at all (as opposed to files
     our filters now exclude); `--keep-removed` keeps only those. `differ` is `changed(...)`
-    over a superset of `wanted` when the caller has it already.
+    over a superset of `wanted` when the caller has it already. `present` is what a listing
+    of the folder found, when one was made: a package file there that neither our state nor
+    `wanted` knows (a killed run put it in place, then upstream dropped it) is deleted too.
     """
     if differ is None:
         differ = changed(wanted, local)
@@ -51,10 +55,11 @@ def build_plan(
     add = {fn for fn in todo if fn not in local}
     gone = local.keys() - wanted.keys()
     kept_gone = gone & removed_upstream if keep_removed else set()
+    strays = {fn for fn in present - local.keys() - wanted.keys() if check_filename(fn) is None}
     return Plan(
         add=tuple(sorted(add)),
         replace=tuple(sorted(todo - add)),
-        delete=tuple(sorted(gone - kept_gone)),
+        delete=tuple(sorted((gone - kept_gone) | strays)),
         kept_removed=tuple(sorted(kept_gone)),
         unchanged=len(wanted) - len(todo),
     )

@@ -373,7 +373,9 @@ async def _sync_subdir(
         valid, rejected, differ = _validate(index, local)
         selected = _select(index, valid, job.filters, subdir)
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
-        plan = build_plan(selected, local, job.keep_removed, removed_upstream, differ)
+        plan = build_plan(
+            selected, local, job.keep_removed, removed_upstream, differ, on_disk.keys()
+        )
         report.filtered = len(valid) - len(selected)
         # From here on only the records to fetch need their typed view; drop the rest.
         wanted = {fn: selected[fn] for fn in plan.add + plan.replace}
@@ -462,7 +464,7 @@ async def _sync_subdir(
         # Local state minus deletions, plus what we fetched; a failed replacement keeps
         # its old entry (its old bytes are still there).
         for filename in plan.delete:
-            del local[filename]
+            local.pop(filename, None)  # a stray file was never in our state
         local.update(done)
         save_files(storage, subdir, local)
         storage.clear_staging(subdir)

@@ -118,6 +118,31 @@ def test_record_removed_upstream_is_deleted(real_channel, channel_server, mirror
     assert_consistent(mirror_dir)
 
 
+def test_package_left_by_a_killed_run_is_deleted_once_upstream_drops_it(
+    real_channel, channel_server, mirror_dir, run_cli
+):
+    """A killed run can put a verified package in place before it saves its state; if upstream
+    drops that package before the next run finishes, no state names the file. The listing
+    made because the folder changed finds it, and the run deletes it like any removal."""
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    # what a run killed after committing an add, before saving its state, leaves behind;
+    # upstream (unchanged here) no longer lists the package
+    (mirror_dir / "noarch" / "newpkg-1.0-0.conda").write_bytes(b"new package " * 300)
+    (mirror_dir / "noarch" / "NOTES.txt").write_text("not a package: never touched")
+
+    result = run_cli(*mirror_args(channel_server.url, mirror_dir, "--json"))
+    assert result.returncode == 0, str(result)
+    assert result.json()["deleted"] == ["newpkg-1.0-0.conda"]
+    assert not (mirror_dir / "noarch" / "newpkg-1.0-0.conda").exists()
+    assert (mirror_dir / "noarch" / "NOTES.txt").read_text() == "not a package: never touched"
+    expected = real_files(real_channel)
+    for sub in REAL_SUBDIRS:
+        assert disk_packages(mirror_dir, sub) == expected[sub], sub
+    assert_consistent(mirror_dir)
+    again = run_cli(*mirror_args(channel_server.url, mirror_dir, "--json"))
+    assert again.returncode == 0 and again.json()["unchanged"] is True, str(again)
+
+
 def test_keep_removed_keeps_file_and_record(real_channel, channel_server, mirror_dir, run_cli):
     ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
     old_record = dict(real_channel.record("linux-64", "test-package-0.1-0.tar.bz2"))

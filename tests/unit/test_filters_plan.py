@@ -127,3 +127,13 @@ def test_plan() -> None:
     assert kept.delete == ("filtered-1-0.conda",)
     assert kept.kept_removed == ("gone-1-0.conda",)
     assert kept.unchanged == 1
+
+
+def test_plan_deletes_stray_package_files_a_listing_found() -> None:
+    wanted = {"a-1-0.conda": Lite(1, "a" * 64)}
+    local = {"a-1-0.conda": FileState(1, "sha256:" + "a" * 64)}
+    present = {"a-1-0.conda", "stray-1-0.conda", "repodata.json", "NOTES.txt", "../x-1-0.conda"}
+    plan = build_plan(wanted, local, keep_removed=False, present=present)
+    assert plan.delete == ("stray-1-0.conda",)
+    assert plan.add == plan.replace == ()
+    assert build_plan(wanted, local, keep_removed=False).delete == ()
