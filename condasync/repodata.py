@@ -350,8 +350,10 @@ def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
         ("repodata_version", doc.repodata_version),
     )
     top = dict(parts)  # a missing part is JSON null, as _part reads it
-    views = lite.packages or {}
-    views.update(lite.conda or {})
+    # fill the larger (.conda) dict with the smaller; a name in both sections (a hostile
+    # index) keeps its "packages" view, the record `Index.raw` returns for it
+    views = lite.conda or {}
+    views.update(lite.packages or {})
     sections = {"packages": doc.packages or {}, "packages.conda": doc.conda or {}}
     return top, Index(info={}, sections=sections, lite=views, rejected={})
 
@@ -370,7 +372,7 @@ def parse_index(data: bytes, subdir: str) -> Index:
                 # The typed views last, so the memory they take is freed in one piece later.
                 lite: dict[str, Lite] = {}
                 rejected: dict[str, str] = {}
-                for key in PACKAGE_KEYS:
+                for key in reversed(PACKAGE_KEYS):  # as the one-pass parse: "packages" wins
                     part_lite, part_rejected = _lite_of(top.get(key), sections[key])
                     lite.update(part_lite)
                     rejected.update(part_rejected)

@@ -151,6 +151,12 @@ def test_parse_index_one_pass_and_general_path_agree() -> None:
         "a-1-0.tar.bz2": Lite(3, "a" * 64),
         "b-1-0.conda": Lite(3, "a" * 64, "b" * 32),
     }
+    # a name in both sections: both paths keep the "packages" one, the record raw() returns
+    twice = {**doc, "packages.conda": {"a-1-0.tar.bz2": {**GOOD, "size": 9}}}
+    for data in (orjson.dumps(twice), orjson.dumps({**twice, "signatures": {}})):
+        index = parse_index(data, "noarch")
+        assert index.lite["a-1-0.tar.bz2"].size == 3
+        assert orjson.loads(bytes(index.raw("a-1-0.tar.bz2") or b""))["size"] == 3
     bad = {**doc, "packages.conda": {"b-1-0.conda": GOOD, "d-1-0.conda": {"size": "big"}}}
     index = parse_index(orjson.dumps(bad), "noarch")
     assert set(index.lite) == {"a-1-0.tar.bz2", "b-1-0.conda"}
