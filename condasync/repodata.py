@@ -186,8 +186,8 @@ def dump_repodata(repodata: Repodata) -> bytes:
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
 
 
-def compress_zst(data: bytes, level: int = 3) -> bytes:
-    return zstandard.ZstdCompressor(level=level).compress(data)
+def compress_zst(data: bytes, level: int = 3, threads: int = 0) -> bytes:
+    return zstandard.ZstdCompressor(level=level, threads=threads).compress(data)
 
 
 def decompress_zst(data: bytes) -> bytes:

@@ -1,12 +1,18 @@
 """What the last sync verified, per subdir (the run lock lives with the storage backends).
 
-State is two files per subdir under `DIR/.condasync/`: a small `<subdir>.meta.json` (upstream
-validators, what we published, a hash of the options) read on every run, and a large
-`<subdir>.files.json` (size, digest and mtime of each file) read only when there is work.
+State is three files per subdir under `DIR/.condasync/`: a small `<subdir>.meta.json` (upstream
+validators, what we published, a hash of the options) read on every run; a large
+`<subdir>.files.json` (size, digest and mtime of each file) read only when there is work; and
+`<subdir>.files-delta.json`, what the runs since that base changed (a run that touches 1% of
+600k files writes a small delta, not the whole map). The delta names the sha256 of the base
+it applies to; a delta for another base is ignored (the base it belonged to was rewritten
+with it folded in).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 import msgspec
@@ -16,7 +22,7 @@ from condasync.models import FileState
 from condasync.repodata import gc_paused
 from condasync.storage import STATE_DIR, Storage
 
-GENERATION = 1  # bump when the on-disk state format changes: forces a full re-plan
+GENERATION = 2  # bump when the on-disk state format changes: forces a full re-plan (2: delta)
 
 
 @dataclass
@@ -58,19 +64,80 @@ def save_meta(storage: Storage, subdir: str, meta: SubdirMeta) -> None:
     )
 
 
+def _delta_path(subdir: str) -> str:
+    return f"{STATE_DIR}/{subdir}.files-delta.json"
+
+
+class _Delta(msgspec.Struct):
+    base: str  # sha256 of the base file these changes apply to ("" for no base file)
+    files: dict[str, FileState | None]  # None: the file is gone
+
+
+@dataclass
+class FilesState:
+    """Our files state: `files` is the base with the delta applied."""
+
+    files: dict[str, FileState]
+    base_sha256: str = ""
+    delta: dict[str, FileState | None] = field(default_factory=dict)
+
+    def needs_compaction(self) -> bool:
+        """Fold the delta into a new base once it is a twentieth of the map (or 1000 files)."""
+        return len(self.delta) > max(1000, len(self.files) // 20)
+
+
 _files_decoder = msgspec.json.Decoder(dict[str, FileState])
+_delta_decoder = msgspec.json.Decoder(_Delta)
 
 
-def load_files(storage: Storage, subdir: str) -> dict[str, FileState]:
+def load_files(storage: Storage, subdir: str) -> FilesState:
+    """Base and delta; unreadable parts only cost a re-check of the files."""
     raw = storage.read(_files_path(subdir))
-    if raw is None:
-        return {}
-    try:
-        with gc_paused():
-            return _files_decoder.decode(raw)
-    except msgspec.DecodeError:
-        return {}  # unreadable state only costs a re-check of the files
+    base_sha256 = hashlib.sha256(raw).hexdigest() if raw is not None else ""
+    files: dict[str, FileState] = {}
+    delta: dict[str, FileState | None] = {}
+    with gc_paused():
+        if raw is not None:
+            # a broken base reads as empty; no delta names its hash, so none is applied
+            with contextlib.suppress(msgspec.DecodeError):
+                files = _files_decoder.decode(raw)
+        del raw
+        raw_delta = storage.read(_delta_path(subdir))
+        if raw_delta is not None:
+            try:
+                found = _delta_decoder.decode(raw_delta)
+            except msgspec.DecodeError:
+                found = None
+            if found is not None and found.base == base_sha256:
+                delta = found.files
+    for name, state in delta.items():
+        if state is None:
+            files.pop(name, None)
+        else:
+            files[name] = state
+    return FilesState(files, base_sha256, delta)
 
 
-def save_files(storage: Storage, subdir: str, files: dict[str, FileState]) -> None:
-    storage.write_if_changed(_files_path(subdir), msgspec.json.encode(files))
+def compact_files(storage: Storage, subdir: str, state: FilesState) -> None:
+    """Write `state.files` as the new base and start an empty delta on it.
+
+    A crash between the two writes leaves the old delta naming the old base: it is ignored,
+    and the new base already holds its changes.
+    """
+    data = msgspec.json.encode(state.files)
+    storage.write_if_changed(_files_path(subdir), data)
+    state.base_sha256 = hashlib.sha256(data).hexdigest()
+    state.delta = {}
+    storage.write_if_changed(
+        _delta_path(subdir), msgspec.json.encode(_Delta(state.base_sha256, {}))
+    )
+
+
+def save_files(
+    storage: Storage, subdir: str, state: FilesState, changes: dict[str, FileState | None]
+) -> None:
+    """Record this run's changes (None: gone) on top of the delta we loaded."""
+    delta = {**state.delta, **changes}
+    storage.write_if_changed(
+        _delta_path(subdir), msgspec.json.encode(_Delta(state.base_sha256, delta))
+    )

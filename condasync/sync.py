@@ -49,7 +49,9 @@ from condasync.repodata import (
 )
 from condasync.state import (
     GENERATION,
+    FilesState,
     SubdirMeta,
+    compact_files,
     load_files,
     load_meta,
     save_files,
@@ -108,7 +110,7 @@ class _Upstream:
     body_sha256: str | None = None
     check_files: bool = False  # stat every file in state: something else touched the folder
     timings: dict[str, float] = field(default_factory=dict)
-    local: dict[str, FileState] | None = None  # our files state, when loaded during the fetch
+    local: FilesState | None = None  # our files state, when loaded during the fetch
 
 
 def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
@@ -286,7 +288,7 @@ async def _fetch_upstream(
         and _published_intact(storage, subdir, meta)
     )
     validators = (meta.source, meta.etag, meta.last_modified) if meta and intact else None
-    loaded: list[dict[str, FileState]] = []
+    loaded: list[FilesState] = []
 
     async def load_state() -> None:
         loaded.append(await asyncio.to_thread(load_files, storage, subdir))
@@ -362,14 +364,18 @@ async def _sync_subdir(
     report.timings.update(upstream.timings)
     clock = time.monotonic()
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
-        local = upstream.local if upstream.local is not None else load_files(storage, subdir)
+        state = upstream.local if upstream.local is not None else load_files(storage, subdir)
         upstream.local = None
+        local = state.files
         on_disk: dict[str, tuple[int, int]] = {}
+        dropped: set[str] = set()  # in our state, but not on disk as we left them
         if upstream.check_files:  # keep only what is still there as we left it
             on_disk = storage.listing(subdir)
             local = {
                 fn: st for fn, st in local.items() if on_disk.get(fn) == (st.size, st.mtime_ns)
             }
+            dropped = state.files.keys() - local.keys()
+            state.files = local
         valid, rejected, differ = _validate(index, local)
         selected = _select(index, valid, job.filters, subdir)
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
@@ -396,6 +402,11 @@ async def _sync_subdir(
         return
     todo = plan.add + plan.replace
     locker.ensure()
+    if state.needs_compaction():
+        await asyncio.to_thread(compact_files, storage, subdir, state)
+    # The end of the run records only what changed, so the 600k-entry map can go now.
+    state.files = {}
+    del local
     listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn].size for fn in todo)))
     kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
     try:
@@ -461,12 +472,12 @@ async def _sync_subdir(
         for filename in plan.delete:
             report.deleted.append(filename)
             listen(Event("deleted", subdir, name=filename))
-        # Local state minus deletions, plus what we fetched; a failed replacement keeps
+        # Our state minus what is gone, plus what we fetched; a failed replacement keeps
         # its old entry (its old bytes are still there).
-        for filename in plan.delete:
-            local.pop(filename, None)  # a stray file was never in our state
-        local.update(done)
-        save_files(storage, subdir, local)
+        changes: dict[str, FileState | None] = dict.fromkeys(dropped, None)
+        changes.update(dict.fromkeys(plan.delete, None))
+        changes.update(done)
+        save_files(storage, subdir, state, changes)
         storage.clear_staging(subdir)
         report.timed("state", clock)
         folder = storage.stat(subdir)
@@ -662,7 +673,7 @@ def _prepare_index(
         files: list[tuple[str, bytes | Future[bytes]]] = [
             (
                 f"{subdir}/repodata.json.zst",
-                pool.submit(compress_zst, data, level or job.zstd_level),
+                pool.submit(compress_zst, data, level or job.zstd_level, 0 if level else 2),
             )
         ]
         if job.bz2:
