@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 import pytest
 
@@ -99,13 +101,15 @@ def test_dump_is_deterministic() -> None:
     assert dump_repodata(a) == dump_repodata(b)
 
 
+@pytest.mark.parametrize("parse", [parse_repodata, parse_index])
 @pytest.mark.parametrize(
     "data",
     [b"not json", b"[1, 2]", b'{"packages": []}', b'{"info": 3}', b'{"removed": {}}', b'{"packa'],
 )
-def test_parse_rejects_malformed(data: bytes) -> None:
+def test_parse_rejects_malformed(parse: Callable[[bytes, str], object], data: bytes) -> None:
+    """Both the dict parser and the engine's parser refuse a malformed document."""
     with pytest.raises(ValueError):
-        parse_repodata(data, "noarch")
+        parse(data, "noarch")
 
 
 def test_partition_records() -> None:
@@ -162,12 +166,3 @@ def test_parse_index_one_pass_and_general_path_agree() -> None:
     assert set(index.lite) == {"a-1-0.tar.bz2", "b-1-0.conda"}
     assert set(index.rejected) == {"d-1-0.conda"}
     assert "d-1-0.conda" in index  # still listed raw; the engine never publishes it
-
-
-@pytest.mark.parametrize(
-    "data",
-    [b"not json", b"[1, 2]", b'{"packages": []}', b'{"info": 3}', b'{"removed": {}}', b"{"],
-)
-def test_parse_index_rejects_malformed(data: bytes) -> None:
-    with pytest.raises(ValueError):
-        parse_index(data, "noarch")
