@@ -111,6 +111,10 @@ def run_cli() -> Callable[..., CliResult]:
     return run_cli_process
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class BackgroundCli:
     """A CLI run in the background (for lock, kill -9 and SIGINT tests)."""
 
@@ -127,6 +131,9 @@ class BackgroundCli:
             stdin=subprocess.DEVNULL,
             env=cli_env(env),
             cwd=REPO_ROOT,
+            # A suite started as a background job (`cmd &` without job control) passes SIGINT
+            # on as ignored; the Ctrl-C tests need the default disposition in the child.
+            preexec_fn=_default_sigint,
         )
 
     @property
