@@ -113,14 +113,13 @@ def _ready(data: bytes | Future[bytes]) -> bytes:
 class S3Prepared:
     """Index files held until publish(), which PUTs them in order (see S3Storage.prepare)."""
 
-    def __init__(self, storage: S3Storage, files: list[tuple[str, bytes]], always: bool) -> None:
+    def __init__(self, storage: S3Storage, files: list[tuple[str, bytes]]) -> None:
         self._storage = storage
         self._files = files
-        self._always = always
 
     def publish(self) -> list[str]:
         files, self._files = self._files, []
-        return self._storage.publish(files, self._always)
+        return self._storage.publish(files)
 
     def discard(self) -> None:
         self._files = []
@@ -373,25 +372,21 @@ class S3Storage:
         """PUT data unless the object already holds exactly these bytes (no PUT then)."""
         return bool(self.publish([(relpath, data)]))
 
-    def publish(
-        self, files: Sequence[tuple[str, bytes | Future[bytes]]], always: bool = False
-    ) -> list[str]:
-        """PUT each changed file (each file, with `always`) in the given order (packages before
-        .zst before .json), after checking all of them first; returns the relpaths written."""
+    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]:
+        """PUT each changed file in the given order (packages before .zst before .json), after
+        checking all of them first; returns the relpaths written."""
         ready = [(relpath, _ready(data)) for relpath, data in files]
-        changed = [(rel, data) for rel, data in ready if always or not self._holds(rel, data)]
+        changed = [(relpath, data) for relpath, data in ready if not self._holds(relpath, data)]
         for relpath, data in changed:
             self._put(relpath, data)
         return [relpath for relpath, _ in changed]
 
     def prepare(
-        self,
-        files: Sequence[tuple[str, bytes | Future[bytes]]],
-        staged: bool = False,
-        always: bool = False,
+        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
     ) -> S3Prepared:
-        """An object store has no rename: the PUTs wait for publish() (the data stays here)."""
-        return S3Prepared(self, [(relpath, _ready(data)) for relpath, data in files], always)
+        """An object store has no rename: the PUTs (and the check for unchanged objects) wait
+        for publish(); the data stays here until then."""
+        return S3Prepared(self, [(relpath, _ready(data)) for relpath, data in files])
 
     def _holds(self, relpath: str, data: bytes) -> bool:
         """Same bytes? A plain PUT's ETag is the MD5 of the body, so usually one HEAD decides."""

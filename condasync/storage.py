@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import filecmp
 import hashlib
 import itertools
 import os
@@ -90,10 +91,7 @@ class Storage(Protocol):
     def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
     def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]: ...
     def prepare(
-        self,
-        files: Sequence[tuple[str, bytes | Future[bytes]]],
-        staged: bool = False,
-        always: bool = False,
+        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
     ) -> Prepared: ...
     def delete(self, relpath: str) -> None: ...
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
@@ -209,14 +207,19 @@ class LocalPrepared:
         self._pending = [(tmp, target) for _, tmp, target in pending]
 
     def publish(self) -> list[str]:
-        """Rename every temp over its target, in the order given; returns what changed."""
+        """Rename each temp over its target, in the order given, unless the target holds the
+        same bytes by now (the check is made here, not when the temp was written, since the
+        target may change in between); returns what changed."""
         done: list[str] = []
         try:
             while self._pending:
                 tmp, target = self._pending[0]
-                os.replace(tmp, target)
+                if _same_file(tmp, target):
+                    tmp.unlink()
+                else:
+                    os.replace(tmp, target)
+                    done.append(str(target.relative_to(self._root)))
                 self._pending.pop(0)
-                done.append(str(target.relative_to(self._root)))
         except OSError as exc:
             raise describe_os_error(exc, self._pending[0][1].name) from None
         return done
@@ -241,33 +244,32 @@ class LocalStorage:
         self.root = Path(os.path.realpath(root))
         self.label = str(root)
         self.local = True
-        self._dirs: dict[str, Path] = {}
-        self._dir_names: dict[str, str] = {}  # the same folders, as strings
+        self._dirs: dict[str, str] = {}  # relpath of a folder -> its checked real path
         self._staging: set[str] = set()
 
     def path(self, relpath: str) -> Path:
         """safe_join, with the resolved parent folder cached: one lstat per package, not eight."""
+        candidate = self._in_known_folder(relpath)
+        if candidate is not None and not os.path.islink(candidate):
+            return Path(candidate)
+        return self._checked(relpath)
+
+    def _in_known_folder(self, relpath: str) -> str | None:
+        """relpath as a path string, when its folder was checked already and its name is plain."""
         head, _, name = relpath.rpartition("/")
         parent = self._dirs.get(head) if head else None
-        if parent is not None and plain_relpath(name):
-            candidate = parent / name
-            if not os.path.islink(candidate):
-                return candidate
+        return f"{parent}/{name}" if parent is not None and plain_relpath(name) else None
+
+    def _checked(self, relpath: str) -> Path:
         path = safe_join(self.root, relpath)
+        head = relpath.rpartition("/")[0]
         if head and head not in self._dirs:
-            self._dirs[head] = safe_join(self.root, head)
+            self._dirs[head] = str(safe_join(self.root, head))
         return path
 
     def stage(self, relpath: str) -> StagedFile:
         """A file to write; no symlink check on the target, since a rename never follows one."""
-        head, _, name = relpath.rpartition("/")
-        parent = self._dir_names.get(head) if head else None
-        if parent is None or not plain_relpath(name):
-            target = str(self.path(relpath))  # checks it, and caches the folder
-            if head in self._dirs:
-                self._dir_names[head] = str(self._dirs[head])
-        else:
-            target = f"{parent}/{name}"
+        target = self._in_known_folder(relpath) or str(self._checked(relpath))
         return LocalStaged(target, self._staging)
 
     def read(self, relpath: str) -> bytes | None:
@@ -281,7 +283,8 @@ class LocalStorage:
         return bool(self.publish([(relpath, data)]))
 
     def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]:
-        """Write each changed file to a temp beside it (fsync), then rename them in order.
+        """Write each file to a temp beside it (fsync), then rename them in order, skipping
+        those whose target already holds the same bytes.
 
         All temp files are complete before the first rename, so a full disk fails before any
         published file changes, and the renames land back to back. Data may be a Future (say,
@@ -295,17 +298,12 @@ class LocalStorage:
             prepared.discard()
 
     def prepare(
-        self,
-        files: Sequence[tuple[str, bytes | Future[bytes]]],
-        staged: bool = False,
-        always: bool = False,
+        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
     ) -> LocalPrepared:
         """The write half of publish(): temp files, complete and fsynced, not yet renamed.
 
         `staged` puts them in the subdir's staging folder, which the next run clears, for
         files prepared long before they are published (a kill -9 in between leaves no litter).
-        `always` writes a file even when its target holds these bytes now (the target is
-        going to change before this is published).
         """
         pending: list[tuple[int, Path, Path]] = []
         relpath = ""
@@ -316,12 +314,11 @@ class LocalStorage:
                 if isinstance(data, Future):
                     data = data.result()
                 target = self.path(relpath)
-                if not always and _holds(target, data):
-                    continue
-                folder = target.parent
                 if staged:
-                    folder = Path(_staging_dir(str(folder), self._staging))
-                folder.mkdir(parents=True, exist_ok=True)
+                    folder = Path(_staging_dir(str(target.parent), self._staging))
+                else:
+                    folder = target.parent
+                    folder.mkdir(parents=True, exist_ok=True)
                 tmp = folder / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
                 pending.append((i, tmp, target))
                 with open(tmp, "wb") as fh:
@@ -412,9 +409,12 @@ def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, s
     return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
 
 
-def _holds(target: Path, data: bytes) -> bool:
+def _same_file(tmp: Path, target: Path) -> bool:
+    """Does target hold exactly tmp's bytes? (Sizes first: a changed index rarely keeps its.)"""
     try:
-        return target.stat().st_size == len(data) and target.read_bytes() == data
+        return tmp.stat().st_size == target.stat().st_size and filecmp.cmp(
+            tmp, target, shallow=False
+        )
     except (FileNotFoundError, NotADirectoryError):
         return False
 

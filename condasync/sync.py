@@ -110,7 +110,7 @@ class _Upstream:
     body_sha256: str | None = None
     check_files: bool = False  # stat every file in state: something else touched the folder
     timings: dict[str, float] = field(default_factory=dict)
-    local: FilesState | None = None  # our files state, when loaded during the fetch
+    files_state: FilesState | None = None  # loaded during the fetch, when there is work
 
 
 def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
@@ -332,7 +332,7 @@ async def _fetch_upstream(
         body_sha256,
         check_files=not untouched,
         timings=timings,
-        local=loaded[0] if loaded else None,
+        files_state=loaded[0] if loaded else None,
     )
 
 
@@ -364,8 +364,8 @@ async def _sync_subdir(
     report.timings.update(upstream.timings)
     clock = time.monotonic()
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
-        state = upstream.local if upstream.local is not None else load_files(storage, subdir)
-        upstream.local = None
+        state = upstream.files_state or load_files(storage, subdir)
+        upstream.files_state = None
         local = state.files
         on_disk: dict[str, tuple[int, int]] = {}
         dropped: set[str] = set()  # in our state, but not on disk as we left them
@@ -438,15 +438,7 @@ async def _sync_subdir(
         if skip:  # the final index was written for all downloads succeeding: write it again
             final.discard()
             data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
-            final = await asyncio.to_thread(
-                _prepare_index,
-                storage,
-                subdir,
-                data,
-                job,
-                None,
-                interim is not None and bool(staged),
-            )
+            final = await asyncio.to_thread(_prepare_index, storage, subdir, data, job)
             del data
             clock = report.timed("reindex", clock)
         if interim is not None and staged:
@@ -640,8 +632,7 @@ def _prepare_indexes(
         del data
     try:
         data = _encode(index, subdir, published, set(), kept_removed)
-        # after an interim index, the final one is written even if it matches today's
-        return interim, _prepare_index(storage, subdir, data, job, always=interim is not None)
+        return interim, _prepare_index(storage, subdir, data, job)
     except BaseException:
         if interim is not None:
             interim.discard()
@@ -665,7 +656,6 @@ def _prepare_index(
     data: bytes,
     job: MirrorJob,
     level: int | None = None,
-    always: bool = False,
 ) -> Prepared:
     """.zst first, then .json (clients prefer .zst); zstd runs in its own thread while the
     JSON temp file is written."""
@@ -679,7 +669,7 @@ def _prepare_index(
         if job.bz2:
             files.append((f"{subdir}/repodata.json.bz2", pool.submit(bz2.compress, data, 9)))
         files.append((f"{subdir}/repodata.json", data))
-        return storage.prepare(files, staged=True, always=always)
+        return storage.prepare(files, staged=True)
 
 
 def _index_stats(storage: Storage, subdir: str) -> dict[str, list[int]]:
