@@ -26,7 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,15 +46,33 @@ PG_DATABASE = "condasync_test"
 # --- process helpers --------------------------------------------------------------------------
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    proc: subprocess.Popen[bytes],
+    timeout: float,
+    log: Path,
+    what: str,
+    interval: float = 0.1,
+) -> None:
+    """Poll `ready()` until it holds; fail with the log's tail if `proc` exits or time runs out.
+    An OSError from `ready` counts as not ready yet."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"server not listening on {port} after {timeout}s:\n{tail(log)}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log)}")
+        with contextlib.suppress(OSError):
+            if ready():
+                return
+        time.sleep(interval)
+    raise RuntimeError(f"{what} not ready after {timeout}s:\n{tail(log)}")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    def listening() -> bool:
+        with socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+
+    wait_until(listening, proc, timeout, log, f"server on port {port}", interval=0.05)
 
 
 def stop_process(proc: subprocess.Popen[bytes], sig: int, timeout: float) -> None:
@@ -239,15 +257,13 @@ def _wait_for_s3(
     server: S3Server, proc: subprocess.Popen[bytes], timeout: float, log: Path
 ) -> None:
     """The port opens before the filer is ready: wait until a bucket can be created."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"weed exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(OSError):
-            if server.signed_request("PUT", "/condasync-ready") in (200, 409):
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"SeaweedFS S3 not ready after {timeout}s:\n{tail(log)}")
+    wait_until(
+        lambda: server.signed_request("PUT", "/condasync-ready") in (200, 409),
+        proc,
+        timeout,
+        log,
+        "SeaweedFS S3",
+    )
 
 
 class S3Proxy:
@@ -474,18 +490,14 @@ def run_postgres(startup_timeout: float = 60) -> Iterator[PostgresServer]:
 def _wait_for_postgres(
     server: PostgresServer, proc: subprocess.Popen[bytes], timeout: float, log: Path
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"postgres exited with {proc.returncode}:\n{tail(log)}")
-        ready = subprocess.run(
-            [str(PG_BIN / "pg_isready"), "-h", server.host, "-p", str(server.port), "-q"],
-            capture_output=True,
-        )
-        if ready.returncode == 0:
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"postgres not ready after {timeout}s:\n{tail(log)}")
+    command = [str(PG_BIN / "pg_isready"), "-h", server.host, "-p", str(server.port), "-q"]
+    wait_until(
+        lambda: subprocess.run(command, capture_output=True).returncode == 0,
+        proc,
+        timeout,
+        log,
+        "postgres",
+    )
 
 
 # --- fixtures ---------------------------------------------------------------------------------
