@@ -579,9 +579,12 @@ def _encode(
         elif skip:
             records = {fn: r for fn, r in records.items() if fn not in skip}
         sections[key] = records
+    by_section: dict[str, dict[str, msgspec.Raw]] = {}
     for filename, raw in kept_removed.items():
         key = "packages.conda" if filename.endswith(".conda") else "packages"
-        sections[key] = {**sections[key], filename: raw}
+        by_section.setdefault(key, {})[filename] = raw
+    for key, kept in by_section.items():  # one copy per section (never the upstream's dict)
+        sections[key] = {**sections[key], **kept}
     return encode_index(index, subdir, sections)
 
 
