@@ -47,7 +47,8 @@ def build_plan(
     our filters now exclude); `--keep-removed` keeps only those. `differ` is `changed(...)`
     over a superset of `wanted` when the caller has it already. `present` is what a listing
     of the folder found, when one was made: a package file there that neither our state nor
-    `wanted` knows (a killed run put it in place, then upstream dropped it) is deleted too.
+    `wanted` knows (a killed run put it in place, then upstream dropped it) is a stray, to
+    delete as well.
     """
     if differ is None:
         differ = changed(wanted, local)
@@ -59,7 +60,8 @@ def build_plan(
     return Plan(
         add=tuple(sorted(add)),
         replace=tuple(sorted(todo - add)),
-        delete=tuple(sorted((gone - kept_gone) | strays)),
+        delete=tuple(sorted(gone - kept_gone)),
         kept_removed=tuple(sorted(kept_gone)),
         unchanged=len(wanted) - len(todo),
+        strays=tuple(sorted(strays)),
     )

@@ -397,7 +397,7 @@ async def _sync_subdir(
     clock = report.timed("plan", clock)
     if job.dry_run:
         report.added, report.replaced = list(plan.add), list(plan.replace)
-        report.deleted = list(plan.delete)
+        report.deleted = sorted(plan.delete + plan.strays)
         report.packages = plan.unchanged + len(plan.kept_removed) + len(plan.add + plan.replace)
         return
     todo = plan.add + plan.replace
@@ -408,6 +408,13 @@ async def _sync_subdir(
     state.files = {}
     del local
     listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn].size for fn in todo)))
+    # Strays free their space before the downloads need it, unless the published index may
+    # name them (a run killed after publishing its index, before saving its state).
+    meta = upstream.meta
+    early = plan.strays if meta and _published_intact(storage, subdir, meta) else ()
+    if early:
+        await asyncio.to_thread(_delete_all, storage, subdir, early)
+    deletes = tuple(sorted(plan.delete + plan.strays))
     kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
     try:
         package_base = _package_base(join(base, subdir), index.info)
@@ -459,15 +466,15 @@ async def _sync_subdir(
         clock = report.timed("publish", clock)
         report.packages = n_published - len(skip) + len(kept_removed)
         listen(Event("published", subdir, count=report.packages))
-        await asyncio.to_thread(_delete_all, storage, subdir, plan.delete)
+        await asyncio.to_thread(_delete_all, storage, subdir, plan.delete if early else deletes)
         clock = report.timed("delete", clock)
-        for filename in plan.delete:
+        for filename in deletes:
             report.deleted.append(filename)
             listen(Event("deleted", subdir, name=filename))
         # Our state minus what is gone, plus what we fetched; a failed replacement keeps
         # its old entry (its old bytes are still there).
         changes: dict[str, FileState | None] = dict.fromkeys(dropped, None)
-        changes.update(dict.fromkeys(plan.delete, None))
+        changes.update(dict.fromkeys(deletes, None))
         changes.update(done)
         save_files(storage, subdir, state, changes)
         storage.clear_staging(subdir)

@@ -93,3 +93,24 @@ def test_full_disk_is_a_clear_error_and_tree_stays_consistent(
     assert fixed.returncode == 0, str(fixed)
     assert "big-1.0-0.conda" in index_records(tiny_disk, "linux-64")
     assert_consistent(tiny_disk)
+
+
+def test_a_stray_file_frees_its_space_before_downloads(
+    gen_channel: Channel, serve, tiny_disk, run_cli
+):
+    # A killed run put a package in place that upstream then dropped: nothing names it, so
+    # the next run deletes it first, and the new file fits where it was.
+    for i in range(5):
+        gen_channel.add("linux-64", f"small-1.{i}-0.conda", bytes([i]) * 5_000)
+    gen_channel.write()
+    server = serve(gen_channel.root)
+    args = mirror_args(server.url, tiny_disk, "-s", "linux-64", subdirs=False)
+    assert run_cli(*args).returncode == 0
+    (tiny_disk / "linux-64" / "dropped-1.0-0.conda").write_bytes(b"D" * 100_000)
+    gen_channel.add("linux-64", "big-1.0-0.conda", b"B" * 100_000)
+    gen_channel.write()
+    result = run_cli(*args)
+    assert result.returncode == 0, str(result)
+    assert not (tiny_disk / "linux-64" / "dropped-1.0-0.conda").exists()
+    assert (tiny_disk / "linux-64" / "big-1.0-0.conda").read_bytes() == b"B" * 100_000
+    assert_consistent(tiny_disk)

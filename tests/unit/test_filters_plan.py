@@ -134,6 +134,6 @@ def test_plan_deletes_stray_package_files_a_listing_found() -> None:
     local = {"a-1-0.conda": FileState(1, "sha256:" + "a" * 64)}
     present = {"a-1-0.conda", "stray-1-0.conda", "repodata.json", "NOTES.txt", "../x-1-0.conda"}
     plan = build_plan(wanted, local, keep_removed=False, present=present)
-    assert plan.delete == ("stray-1-0.conda",)
-    assert plan.add == plan.replace == ()
-    assert build_plan(wanted, local, keep_removed=False).delete == ()
+    assert plan.strays == ("stray-1-0.conda",)
+    assert plan.add == plan.replace == plan.delete == ()
+    assert build_plan(wanted, local, keep_removed=False).strays == ()
