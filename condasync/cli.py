@@ -129,7 +129,11 @@ def mirror(
     ] = False,
     zstd_level: Annotated[
         int | None,
-        typer.Option("--zstd-level", help="zstd level for repodata.json.zst [default: 3]."),
+        typer.Option(
+            "--zstd-level",
+            help="zstd level for repodata.json.zst [default: 3; an index published"
+            " unchanged keeps upstream's own .zst].",
+        ),
     ] = None,
     s3_endpoint: S3Endpoint = None,
     s3_force_path_style: S3PathStyle = False,
@@ -172,11 +176,12 @@ def mirror(
                 keep_removed=keep_removed or table.get("keep_removed", False),
                 bz2=write_bz2 or table.get("bz2", False),
                 retries=retries if retries is not None else table.get("retries", 3),
-                zstd_level=zstd_level if zstd_level is not None else table.get("zstd_level", 3),
+                zstd_level=zstd_level if zstd_level is not None else table.get("zstd_level"),
                 repair=repair,
                 s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
             )
-            if job.jobs < 1 or job.retries < 0 or not 1 <= job.zstd_level <= 22:
+            level = job.zstd_level
+            if job.jobs < 1 or job.retries < 0 or not (level is None or 1 <= level <= 22):
                 raise UsageError("--jobs must be >= 1, --retries >= 0, --zstd-level 1..22")
             jobs_list.append(job)
     except CondasyncError as exc:

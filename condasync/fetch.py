@@ -185,6 +185,7 @@ class IndexFetch:
     source: str = ""  # URL of the file that answered
     body: bytes | None = None  # decompressed repodata.json
     sha256: str | None = None  # of the bytes as transferred (compressed, for .zst)
+    zst: bytes | None = None  # the repodata.json.zst as transferred, when that answered
     etag: str | None = None
     last_modified: str | None = None
     missing: bool = False
@@ -238,9 +239,10 @@ async def fetch_index(
                 side = asyncio.ensure_future(alongside())
             # hashed while it decompresses: both release the GIL
             digest = asyncio.ensure_future(asyncio.to_thread(_sha256, body))
+            zst = None
             if name.endswith(".zst"):
                 try:
-                    body = await asyncio.to_thread(decompress_zst, body)
+                    zst, body = body, await asyncio.to_thread(decompress_zst, body)
                 except ValueError:
                     await digest
                     continue  # a broken .zst is not fatal while repodata.json may be fine
@@ -248,6 +250,7 @@ async def fetch_index(
                 unchanged=False,
                 source=url,
                 body=body,
+                zst=zst,
                 sha256=await digest,
                 etag=response.headers.get("etag"),
                 last_modified=response.headers.get("last-modified"),

@@ -197,6 +197,32 @@ def test_upstream_zst_is_preferred(real_channel, mirror_dir, run_cli):
     assert_consistent(mirror_dir)
 
 
+def test_index_published_as_upstream_wrote_it(real_channel, tmp_path, run_cli):
+    """Nothing filtered, nothing of ours to change: upstream's JSON and .zst bytes are the
+    published index. A zstd level asked for, or a filter, means our own encoding."""
+    real_channel.write(zst=True)
+    as_is, level, filtered = tmp_path / "as-is", tmp_path / "level", tmp_path / "filtered"
+    with ChannelServer(real_channel.root) as server:
+        ok(run_cli(*mirror_args(server.url, as_is)))
+        ok(run_cli(*mirror_args(server.url, level, "--zstd-level", "19")))
+        ok(run_cli(*mirror_args(server.url, filtered, "--exclude", "other-package")))
+    for sub in REAL_SUBDIRS:
+        upstream = real_channel.root / sub
+        for name in ("repodata.json", "repodata.json.zst"):
+            assert (as_is / sub / name).read_bytes() == (upstream / name).read_bytes(), sub
+        raw = (level / sub / "repodata.json").read_bytes()
+        assert raw == (upstream / "repodata.json").read_bytes(), sub
+        zst = (level / sub / "repodata.json.zst").read_bytes()
+        assert zst != (upstream / "repodata.json.zst").read_bytes(), sub
+        assert zstandard.ZstdDecompressor().decompressobj().decompress(zst) == raw, sub
+    assert (filtered / "linux-64" / "repodata.json").read_bytes() != (
+        real_channel.root / "linux-64" / "repodata.json"
+    ).read_bytes()
+    assert "other-package-0.2-0.tar.bz2" not in index_records(filtered, "linux-64")
+    for mirror in (as_is, level, filtered):
+        assert_consistent(mirror)
+
+
 def test_generated_channel_with_md5_only_record(gen_channel: Channel, serve, mirror_dir, run_cli):
     gen_channel.add("linux-64", "md5only-1.0-0.tar.bz2", b"x" * 1000, sha256=...)
     gen_channel.add("linux-64", "both-1.0-0.conda", b"y" * 1000)

@@ -294,6 +294,7 @@ def test_sigint_during_download_exits_130(
 def test_sigint_during_replacement_keeps_old_snapshot(
     real_channel, fault_server, mirror_dir, run_cli, start_cli, tmp_path
 ):
+    real_channel.write()  # upstream's own formatting from the start: only noarch changes below
     ok(run_cli(*mirror_args(fault_server.url, mirror_dir)))
     before = tree_bytes(mirror_dir)
     real_channel.reupload("noarch", PKG_NAME, b"replacement " * 300)
