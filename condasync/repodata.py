@@ -9,6 +9,7 @@ and written again without building 600k dicts.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 from collections.abc import Iterator, Mapping
@@ -191,16 +192,24 @@ def compress_zst(data: bytes, level: int = 3, threads: int = 0) -> bytes:
 
 
 def decompress_zst(data: bytes) -> bytes:
-    """Decompress a zstd stream, refusing outputs beyond a sane bound (zip-bomb guard)."""
+    """Decompress a zstd stream, refusing outputs beyond a sane bound (zip-bomb guard).
+
+    Every frame counts, as for any other zstd reader: the result is what clients get from
+    the same bytes (a mirror may publish them as they are).
+    """
     try:
         size = zstandard.frame_content_size(data)
-        if 0 < size <= MAX_DECOMPRESSED:  # one shot into a buffer of the declared size
-            return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
         if size > MAX_DECOMPRESSED:
             raise ValueError("decompressed repodata is implausibly large")
+        if size > 0:  # one shot into a buffer of the declared size, when that is all there is
+            with contextlib.suppress(zstandard.ZstdError):
+                return zstandard.ZstdDecompressor().decompress(
+                    data, max_output_size=size, allow_extra_data=False
+                )
         chunks: list[bytes] = []
         total = 0
-        with zstandard.ZstdDecompressor().stream_reader(data) as reader:
+        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+        with reader:
             while chunk := reader.read(16 * 1024 * 1024):
                 total += len(chunk)
                 if total > MAX_DECOMPRESSED:

@@ -127,6 +127,13 @@ def test_zstd_round_trip_and_corrupt() -> None:
         decompress_zst(b"garbage")
 
 
+def test_zstd_reads_every_frame_as_other_readers_do() -> None:
+    # A mirror may publish upstream's .zst as it is: the JSON it publishes next to it must be
+    # what any zstd reader gets from those bytes, not just their first frame.
+    two = compress_zst(b'{"a": 1') + compress_zst(b"}")
+    assert decompress_zst(two) == b'{"a": 1}'
+
+
 def _engine_view(data: bytes) -> tuple[object, ...]:
     index = parse_index(data, "noarch")
     sections = {
