@@ -367,8 +367,47 @@ async def _sync_subdir(
             upstream.meta.source = upstream.fetched.source
             save_meta(storage, subdir, upstream.meta)
         return
-    index = upstream.repodata
     report.timings.update(upstream.timings)
+    # Nothing of ours to change (no filters, nothing kept, info as we publish it): upstream's
+    # bytes are the final index, and go to disk on the other core while we plan. A record
+    # rejected by the plan means our own encoding after all; this one is then dropped.
+    early: asyncio.Future[Prepared] | None = None
+    if (
+        not job.dry_run
+        and not job.filters.active
+        and not job.keep_removed
+        and _publishable_as_is(upstream.repodata, subdir)
+    ):
+        locker.ensure()
+        early = asyncio.get_running_loop().run_in_executor(
+            None, _prepare_as_is, storage, subdir, upstream.fetched, job
+        )
+    try:
+        await _sync_changed(
+            job, client, base, storage, locker, upstream, options, report, listen, early
+        )
+    finally:
+        if early is not None:
+            await _discard_when_ready(early)  # nothing left to drop once it is published
+        if not job.dry_run:
+            storage.clear_staging(subdir)
+
+
+async def _sync_changed(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: Storage,
+    locker: _Locker,
+    upstream: _Upstream,
+    options: str,
+    report: SubdirReport,
+    listen: Listener,
+    early: asyncio.Future[Prepared] | None,
+) -> None:
+    """Plan, download and publish one subdir whose upstream index changed."""
+    subdir, index = upstream.subdir, upstream.repodata
+    assert index is not None
     clock = time.monotonic()
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
         state = upstream.files_state or load_files(storage, subdir)
@@ -418,95 +457,95 @@ async def _sync_subdir(
     # Strays free their space before the downloads need it, unless the published index may
     # name them (a run killed after publishing its index, before saving its state).
     meta = upstream.meta
-    early = plan.strays if meta and _published_intact(storage, subdir, meta) else ()
-    if early:
-        await asyncio.to_thread(_delete_all, storage, subdir, early)
+    strays_first = meta is not None and _published_intact(storage, subdir, meta)
+    if strays_first and plan.strays:
+        await asyncio.to_thread(_delete_all, storage, subdir, plan.strays)
     deletes = tuple(sorted(plan.delete + plan.strays))
     kept_removed = _kept_removed_records(storage, subdir, plan, index, job.keep_removed)
+    package_base = _package_base(join(base, subdir), index.info)
+    # Files a killed run already put in place are adopted (after hashing) instead of
+    # fetched again. A local folder whose mtime is as our last run left it holds none (a
+    # new name changes it), and one that changed was just listed; an object store has no
+    # folder mtime, so it is listed (one LIST per 1000 objects, not one HEAD per package).
+    present = on_disk if storage.local or not todo else storage.listing(subdir)
+    # The indexes to publish are written out while the packages download (the other core
+    # compresses and writes them): an interim one when files change under their name, and
+    # the final one as it will be if every download succeeds (unless upstream's own bytes
+    # are that, and already on their way).
+    as_is = early is not None and published is None
+    if early is not None and not as_is:
+        await _discard_when_ready(early)
+    ahead = asyncio.ensure_future(
+        asyncio.to_thread(
+            _prepare_indexes, storage, subdir, index, published, kept_removed, plan, job, as_is
+        )
+    )
     try:
-        package_base = _package_base(join(base, subdir), index.info)
-        # Files a killed run already put in place are adopted (after hashing) instead of
-        # fetched again. A local folder whose mtime is as our last run left it holds none (a
-        # new name changes it), and one that changed was just listed; an object store has no
-        # folder mtime, so it is listed (one LIST per 1000 objects, not one HEAD per package).
-        present = on_disk if storage.local or not todo else storage.listing(subdir)
-        # The indexes to publish are written out while the packages download (the other core
-        # compresses and writes them): an interim one when files change under their name, and
-        # the final one as it will be if every download succeeds.
-        # Every upstream record published and nothing of ours to change: upstream's bytes
-        # are the index to publish.
-        as_is = published is None and not kept_removed and _publishable_as_is(index, subdir)
-        source = upstream.fetched if as_is else None
-        ahead = asyncio.ensure_future(
-            asyncio.to_thread(
-                _prepare_indexes, storage, subdir, index, published, kept_removed, plan, job, source
-            )
+        done, staged = await _download_all(
+            job, client, package_base, storage, subdir, plan, wanted, present, report, listen
         )
-        try:
-            done, staged = await _download_all(
-                job, client, package_base, storage, subdir, plan, wanted, present, report, listen
-            )
-        except BaseException:
-            await _discard_when_ready(ahead)
-            raise
-        clock = report.timed("download", clock)
-        interim, final = await ahead
-        clock = report.timed("index", clock)
-        skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
-        if skip:  # the final index was written for all downloads succeeding: write it again
-            final.discard()
-            data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
-            final = await asyncio.to_thread(_prepare_index, storage, subdir, data, job)
-            del data
-            clock = report.timed("reindex", clock)
-        if interim is not None and staged:
-            # Interim index without the files about to change, so no reader ever sees an
-            # index whose record disagrees with the bytes on disk. Until now readers saw
-            # the old snapshot, old files included.
-            await asyncio.to_thread(interim.publish)
-            clock = report.timed("interim", clock)
-        elif interim is not None:
-            interim.discard()
-        mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
-        for filename, mtime_ns in zip(staged, mtimes, strict=True):
-            record = wanted[filename]
-            done[filename] = FileState(record.size, record.digest, mtime_ns)
-        clock = report.timed("commit", clock)
-        await asyncio.to_thread(final.publish)
-        stats = _index_stats(storage, subdir)
-        clock = report.timed("publish", clock)
-        report.packages = n_published - len(skip) + len(kept_removed)
-        listen(Event("published", subdir, count=report.packages))
-        await asyncio.to_thread(_delete_all, storage, subdir, plan.delete if early else deletes)
-        clock = report.timed("delete", clock)
-        for filename in deletes:
-            report.deleted.append(filename)
-            listen(Event("deleted", subdir, name=filename))
-        # Our state minus what is gone, plus what we fetched; a failed replacement keeps
-        # its old entry (its old bytes are still there).
-        changes: dict[str, FileState | None] = dict.fromkeys(dropped, None)
-        changes.update(dict.fromkeys(deletes, None))
-        changes.update(done)
-        save_files(storage, subdir, state, changes)
-        storage.clear_staging(subdir)
-        report.timed("state", clock)
-        folder = storage.stat(subdir)
-        save_meta(
-            storage,
-            subdir,
-            SubdirMeta(
-                source=upstream.fetched.source,
-                etag=upstream.fetched.etag,
-                last_modified=upstream.fetched.last_modified,
-                upstream_sha256=upstream.body_sha256,
-                options=options,
-                published=stats,
-                complete=not report.failed,
-                dir_mtime_ns=folder[1] if folder else 0,
-            ),
-        )
-    finally:
-        storage.clear_staging(subdir)
+    except BaseException:
+        await _discard_when_ready(ahead)
+        raise
+    clock = report.timed("download", clock)
+    interim, final = await ahead
+    if final is None:
+        assert early is not None
+        final = await early
+    clock = report.timed("index", clock)
+    skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
+    if skip:  # the final index was written for all downloads succeeding: write it again
+        final.discard()
+        data = await asyncio.to_thread(_encode, index, subdir, published, skip, kept_removed)
+        final = await asyncio.to_thread(_prepare_index, storage, subdir, data, job)
+        del data
+        clock = report.timed("reindex", clock)
+    if interim is not None and staged:
+        # Interim index without the files about to change, so no reader ever sees an
+        # index whose record disagrees with the bytes on disk. Until now readers saw
+        # the old snapshot, old files included.
+        await asyncio.to_thread(interim.publish)
+        clock = report.timed("interim", clock)
+    elif interim is not None:
+        interim.discard()
+    mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
+    for filename, mtime_ns in zip(staged, mtimes, strict=True):
+        record = wanted[filename]
+        done[filename] = FileState(record.size, record.digest, mtime_ns)
+    clock = report.timed("commit", clock)
+    await asyncio.to_thread(final.publish)
+    stats = _index_stats(storage, subdir)
+    clock = report.timed("publish", clock)
+    report.packages = n_published - len(skip) + len(kept_removed)
+    listen(Event("published", subdir, count=report.packages))
+    await asyncio.to_thread(_delete_all, storage, subdir, plan.delete if strays_first else deletes)
+    clock = report.timed("delete", clock)
+    for filename in deletes:
+        report.deleted.append(filename)
+        listen(Event("deleted", subdir, name=filename))
+    # Our state minus what is gone, plus what we fetched; a failed replacement keeps
+    # its old entry (its old bytes are still there).
+    changes: dict[str, FileState | None] = dict.fromkeys(dropped, None)
+    changes.update(dict.fromkeys(deletes, None))
+    changes.update(done)
+    save_files(storage, subdir, state, changes)
+    storage.clear_staging(subdir)  # before the folder's mtime is recorded
+    report.timed("state", clock)
+    folder = storage.stat(subdir)
+    save_meta(
+        storage,
+        subdir,
+        SubdirMeta(
+            source=upstream.fetched.source,
+            etag=upstream.fetched.etag,
+            last_modified=upstream.fetched.last_modified,
+            upstream_sha256=upstream.body_sha256,
+            options=options,
+            published=stats,
+            complete=not report.failed,
+            dir_mtime_ns=folder[1] if folder else 0,
+        ),
+    )
 
 
 def _package_base(subdir_url: str, info: dict[str, object]) -> str:
@@ -644,14 +683,13 @@ def _prepare_indexes(
     kept_removed: dict[str, msgspec.Raw],
     plan: Plan,
     job: MirrorJob,
-    as_is: fetch.IndexFetch | None,
-) -> tuple[Prepared | None, Prepared]:
+    as_is: bool,
+) -> tuple[Prepared | None, Prepared | None]:
     """(interim, final) index files, written but not yet published (runs during downloads).
 
     The interim index lists only records whose files are already in place and stay so: not
     the adds (they may fail) and not the replacements (their bytes are about to change).
-    With `as_is`, the final index is upstream's body, and its .zst the one upstream sent
-    (unless a zstd level was asked for): nothing to encode or compress.
+    With `as_is`, the final index is upstream's own (see _prepare_as_is): None here.
     """
     interim = None
     if plan.replace:
@@ -659,10 +697,9 @@ def _prepare_indexes(
         data = _encode(index, subdir, published, skip, kept_removed)
         interim = _prepare_index(storage, subdir, data, job, 1)  # lives for seconds: fastest zstd
         del data
+    if as_is:
+        return interim, None
     try:
-        if as_is is not None and as_is.body is not None:
-            zst = as_is.zst if job.zstd_level is None else None
-            return interim, _prepare_index(storage, subdir, as_is.body, job, zst=zst)
         data = _encode(index, subdir, published, set(), kept_removed)
         return interim, _prepare_index(storage, subdir, data, job)
     except BaseException:
@@ -671,15 +708,27 @@ def _prepare_indexes(
         raise
 
 
-async def _discard_when_ready(ahead: asyncio.Future[tuple[Prepared | None, Prepared]]) -> None:
-    """After a failed download phase: wait for the index thread, then drop what it wrote."""
+async def _discard_when_ready(
+    ahead: asyncio.Future[tuple[Prepared | None, Prepared | None]] | asyncio.Future[Prepared],
+) -> None:
+    """Wait for an index thread, then drop what it wrote and is not published."""
     try:
-        interim, final = await asyncio.shield(ahead)
+        result = await asyncio.shield(ahead)
     except BaseException:
         return
-    for prepared in (interim, final):
+    for prepared in result if isinstance(result, tuple) else (result,):
         if prepared is not None:
             prepared.discard()
+
+
+def _prepare_as_is(
+    storage: Storage, subdir: str, fetched: fetch.IndexFetch, job: MirrorJob
+) -> Prepared:
+    """Upstream's body as the final index, and the .zst upstream sent (unless a zstd level
+    was asked for): nothing to encode or compress."""
+    assert fetched.body is not None
+    zst = fetched.zst if job.zstd_level is None else None
+    return _prepare_index(storage, subdir, fetched.body, job, zst=zst)
 
 
 def _prepare_index(
