@@ -80,6 +80,15 @@ class FilesState:
     files: dict[str, FileState]
     base_sha256: str = ""
     delta: dict[str, FileState | None] = field(default_factory=dict)
+    # The base's entries the delta replaced or removed, kept until the map goes: freed early,
+    # they would leave holes all through the map's memory, later filled by objects that
+    # outlive it, and then its pages could not be returned (see release).
+    shadow: list[tuple[str, FileState]] = field(default_factory=list)
+
+    def release(self) -> None:
+        """Free the map (the run records only its changes from here on)."""
+        self.files = {}
+        self.shadow = []
 
     def needs_compaction(self) -> bool:
         """Fold the delta into a new base once it is a twentieth of the map (or 1000 files)."""
@@ -110,12 +119,13 @@ def load_files(storage: Storage, subdir: str) -> FilesState:
                 found = None
             if found is not None and found.base == base_sha256:
                 delta = found.files
+    shadow = [(name, files[name]) for name in files if name in delta] if delta else []
     for name, state in delta.items():
         if state is None:
             files.pop(name, None)
         else:
             files[name] = state
-    return FilesState(files, base_sha256, delta)
+    return FilesState(files, base_sha256, delta, shadow)
 
 
 def compact_files(storage: Storage, subdir: str, state: FilesState) -> None:

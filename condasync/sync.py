@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import dataclasses
 import gc
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -420,13 +421,19 @@ async def _sync_changed(
             local = {
                 fn: st for fn, st in local.items() if on_disk.get(fn) == (st.size, st.mtime_ns)
             }
-            dropped = state.files.keys() - local.keys()
+            dropped = set(_copies(state.files.keys() - local.keys()))
             state.files = local
         valid, rejected, differ = _validate(index, local)
         selected = _select(index, valid, job.filters, subdir)
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
         plan = build_plan(
             selected, local, job.keep_removed, removed_upstream, differ, on_disk.keys()
+        )
+        # Names taken from the state map get their own copies: a few thousand of them
+        # outliving the map, spread through its memory, kept about 190 MB of it resident
+        # after it was freed (measured on a freshly synced 600k-file mirror).
+        plan = dataclasses.replace(
+            plan, delete=tuple(_copies(plan.delete)), kept_removed=tuple(_copies(plan.kept_removed))
         )
         report.filtered = len(valid) - len(selected)
         # From here on only the records to fetch need their typed view; drop the rest.
@@ -451,7 +458,7 @@ async def _sync_changed(
     if state.needs_compaction():
         await asyncio.to_thread(compact_files, storage, subdir, state)
     # The end of the run records only what changed, so the 600k-entry map can go now.
-    state.files = {}
+    state.release()
     del local
     listen(Event("plan", subdir, count=len(todo), size=sum(wanted[fn].size for fn in todo)))
     # Strays free their space before the downloads need it, unless the published index may
@@ -546,6 +553,11 @@ async def _sync_changed(
             dir_mtime_ns=folder[1] if folder else 0,
         ),
     )
+
+
+def _copies(names: Iterable[str]) -> list[str]:
+    """New string objects equal to `names` (see the plan in _sync_changed)."""
+    return [name.encode().decode() for name in names]
 
 
 def _package_base(subdir_url: str, info: dict[str, object]) -> str:

@@ -61,3 +61,18 @@ def test_unreadable_parts_cost_only_a_recheck(tmp_path: Path) -> None:
     (tmp_path / STATE_DIR / "noarch.files-delta.json").write_bytes(b"[]")
     state = load_files(storage, "noarch")
     assert state.files == {} and state.delta == {}
+
+
+def test_entries_the_delta_replaces_live_until_release(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    state = load_files(storage, "noarch")
+    save_files(storage, "noarch", state, {f"p{i}-1-0.conda": _fs(i) for i in range(1500)})
+    compact_files(storage, "noarch", load_files(storage, "noarch"))
+    based = load_files(storage, "noarch")
+    save_files(storage, "noarch", based, {"p1-1-0.conda": None, "p2-1-0.conda": _fs(99)})
+    state = load_files(storage, "noarch")
+    assert "p1-1-0.conda" not in state.files and state.files["p2-1-0.conda"] == _fs(99)
+    # the base's own entries stay referenced (not freed mid-map) until the map goes
+    assert dict(state.shadow) == {"p1-1-0.conda": _fs(1), "p2-1-0.conda": _fs(2)}
+    state.release()
+    assert state.files == {} and state.shadow == []
