@@ -53,7 +53,7 @@ class Plan:
     delete: tuple[str, ...]
     kept_removed: tuple[str, ...]  # gone upstream, kept by --keep-removed
     unchanged: int  # wanted files we already hold as upstream lists them
-    strays: tuple[str, ...] = ()  # package files on disk that no state or record names
+    strays: tuple[str, ...]  # package files on disk that no state or record names
 
 
 @dataclass

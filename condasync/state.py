@@ -119,6 +119,8 @@ def load_files(storage: Storage, subdir: str) -> FilesState:
                 found = None
             if found is not None and found.base == base_sha256:
                 delta = found.files
+    # one pass over the base, not lookups by the delta's names: the entries kept must hold
+    # the base's own key objects
     shadow = [(name, files[name]) for name in files if name in delta] if delta else []
     for name, state in delta.items():
         if state is None:
