@@ -24,6 +24,7 @@ import msgspec
 import orjson
 
 from condasync import fetch
+from condasync.cut import cut_records
 from condasync.errors import (
     EXIT_PARTIAL,
     CondasyncError,
@@ -479,8 +480,8 @@ async def _sync_changed(
     # compresses and writes them): an interim one when files change under their name, and
     # the final one as it will be if every download succeeds (unless upstream's own bytes
     # are that, and already on their way).
-    as_is = early is not None and published is None
-    if early is not None and not as_is:
+    as_is = upstream.fetched.body if early is not None and published is None else None
+    if early is not None and as_is is None:
         await _discard_when_ready(early)
     ahead = asyncio.ensure_future(
         asyncio.to_thread(
@@ -695,21 +696,27 @@ def _prepare_indexes(
     kept_removed: dict[str, msgspec.Raw],
     plan: Plan,
     job: MirrorJob,
-    as_is: bool,
+    as_is: bytes | None,
 ) -> tuple[Prepared | None, Prepared | None]:
     """(interim, final) index files, written but not yet published (runs during downloads).
 
     The interim index lists only records whose files are already in place and stay so: not
     the adds (they may fail) and not the replacements (their bytes are about to change).
-    With `as_is`, the final index is upstream's own (see _prepare_as_is): None here.
+    With `as_is` (upstream's body), the final index is that (see _prepare_as_is): None here,
+    and the interim one is that body with records cut out, when they line up (cut.py).
     """
     interim = None
     if plan.replace:
         skip = set(plan.add) | set(plan.replace)
-        data = _encode(index, subdir, published, skip, kept_removed)
+        parts = None if as_is is None else cut_records(as_is, index.sections, skip)
+        if parts is not None:
+            data = b"".join(parts)
+            del parts
+        else:
+            data = _encode(index, subdir, published, skip, kept_removed)
         interim = _prepare_index(storage, subdir, data, job, 1)  # lives for seconds: fastest zstd
         del data
-    if as_is:
+    if as_is is not None:
         return interim, None
     try:
         data = _encode(index, subdir, published, set(), kept_removed)
