@@ -1,23 +1,38 @@
-"""PURE: an index document with some records cut out of its own bytes, without re-encoding.
+"""PURE: where records sit in an index document's bytes, and that document with some cut out.
 
-The interim index of a sync (upstream's index minus the records whose files are not in place
-yet) is upstream's document with a few thousand entries removed. Encoding 600k records again
-to drop them costs a second of CPU while the packages download; cutting them out of the bytes
-is a memory copy. Every cut is checked against the parsed records (the key is a key, its
-value is byte for byte the record msgspec parsed), and anything unexpected (an escaped key,
-a key listed twice with different records, odd layout) returns None: the caller then encodes
-as before. One case passes unseen: a key listed twice with byte-identical records keeps its
-second copy (checking for it costs a scan of the whole document per cut record).
+A 1% change touches a few thousand of 600k records. The engine parses only the typed view of
+each record (size and hashes); the few records it must read in full, and the interim index
+(upstream's document minus the records whose files are not in place yet), come from the
+document's own bytes: `locate` finds those records' entries, `cut` drops entries from the
+bytes without encoding anything again.
+
+`locate` walks each section in upstream order and finds an entry's end at the next entry's
+key, so an entry holds exactly one JSON value or the caller's check of it fails (a key
+written twice, a key escaped or hidden in a value: the bytes do not line up). On any doubt
+it returns None, and the caller parses the whole document instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-
-import msgspec
+from dataclasses import dataclass
 
 _WS = b" \t\r\n"
+_COMMA, _COLON, _OPEN, _CLOSE = 0x2C, 0x3A, 0x7B, 0x7D
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One `"filename": {record}` entry of a package section, as byte offsets."""
+
+    section: str
+    position: int  # the entry's place in its section (0: the first)
+    before: int  # the "," (or, first in its section, the "{") before the key
+    key: int
+    value: int
+    end: int  # just past the value
+    next_key: int  # the next entry's key; -1 for the section's last entry
 
 
 def _skip_ws(data: bytes, pos: int) -> int:
@@ -26,91 +41,124 @@ def _skip_ws(data: bytes, pos: int) -> int:
     return pos
 
 
-def _skip_ws_back(data: bytes, pos: int) -> int:
-    """The index of the last non-whitespace byte before `pos` (-1 if none)."""
+def _last_non_ws(data: bytes, pos: int) -> int:
+    """The last non-whitespace byte before `pos` (-1 if none)."""
     pos -= 1
     while pos >= 0 and data[pos] in _WS:
         pos -= 1
     return pos
 
 
-def _entry(data: bytes, filename: str, raw: msgspec.Raw, start: int) -> tuple[int, int] | None:
-    """(key start, value end) of `filename`'s entry at or after `start`, checked."""
+def _find_key(data: bytes, filename: str, start: int) -> int:
+    """The first `"filename"` at or after `start` that is followed by a colon; -1 if none."""
     needle = b'"' + filename.encode() + b'"'
     pos = data.find(needle, start)
     while pos >= 0:
         colon = _skip_ws(data, pos + len(needle))
-        if colon < len(data) and data[colon] == 0x3A:  # a key, not a string value
-            value = _skip_ws(data, colon + 1)
-            end = value + len(raw)
-            return (pos, end) if memoryview(data)[value:end] == memoryview(raw) else None
+        if colon < len(data) and data[colon] == _COLON:
+            return pos
         pos = data.find(needle, pos + 1)
-    return None
+    return -1
 
 
-def _section_cuts(
-    data: bytes, records: Mapping[str, msgspec.Raw], skip: AbstractSet[str]
-) -> list[tuple[int, int]] | None:
-    """Byte ranges that remove `skip`'s entries (and one separator each) from one section."""
-    cuts: list[tuple[int, int]] = []
+def _object_end(data: bytes, pos: int) -> int:
+    """Just past the JSON object starting at `pos` ("{"); -1 if it is not one."""
+    if pos >= len(data) or data[pos] != _OPEN:
+        return -1
+    depth, i, n = 0, pos, len(data)
+    while i < n:
+        c = data[i]
+        if c == 0x22:  # a string: skip it, escapes included
+            i += 1
+            while i < n and data[i] != 0x22:
+                i += 2 if data[i] == 0x5C else 1
+        elif c in b"{[":
+            depth += 1
+        elif c in b"}]":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def _section_spans(
+    data: bytes, section: str, names: Sequence[str], wanted: AbstractSet[str]
+) -> list[tuple[str, Span]] | None:
+    found: list[tuple[str, Span]] = []
     start = 0
-    prefix_end = 0  # entries 0..prefix_end-1 are all skipped so far
-    prefix_from = prefix_last = -1  # where the leading run starts, and its last value ends
-    for i, (filename, raw) in enumerate(records.items()):
-        if filename not in skip:
-            continue
-        found = _entry(data, filename, raw, start)
-        if found is None:
+    known = -1  # the key position found for the entry after the last one located
+    known_at = -1
+    for i in (i for i, name in enumerate(names) if name in wanted):
+        key = known if known_at == i else _find_key(data, names[i], start)
+        if key < 0:
             return None
-        key, end = found
-        before = _skip_ws_back(data, key)
-        if i == prefix_end:  # a leading run: cut up to the next kept key, with its comma
-            if i == 0:
-                if before < 0 or data[before] != 0x7B:  # "{"
-                    return None
-                prefix_from = key
-            prefix_end, prefix_last = i + 1, end
-        elif before < 0 or data[before] != 0x2C:  # ","
+        before = _last_non_ws(data, key)
+        if before < 0 or data[before] != (_OPEN if i == 0 else _COMMA):
             return None
-        else:
-            cuts.append((before, end))
-        start = end
-    if prefix_end:
-        # the leading run ends at the next kept entry's key (its separator goes too), or
-        # at the end of the run when nothing is kept
-        if prefix_end < len(records):
-            after = _skip_ws(data, prefix_last)
-            if after >= len(data) or data[after] != 0x2C:
+        value = _skip_ws(data, _skip_ws(data, key + len(names[i].encode()) + 2) + 1)
+        if i + 1 < len(names):
+            next_key = _find_key(data, names[i + 1], value)
+            comma = _last_non_ws(data, next_key) if next_key >= 0 else -1
+            if comma < 0 or data[comma] != _COMMA:
                 return None
-            nxt = _skip_ws(data, after + 1)
-            cuts.insert(0, (prefix_from, nxt))
+            end = _last_non_ws(data, comma) + 1
+            known, known_at, start = next_key, i + 1, next_key
         else:
-            cuts.insert(0, (prefix_from, prefix_last))
-    return cuts
-
-
-def cut_records(
-    data: bytes, sections: Mapping[str, Mapping[str, msgspec.Raw]], skip: AbstractSet[str]
-) -> list[memoryview] | None:
-    """`data` (an index whose records msgspec parsed into `sections`, values pointing into
-    it) as parts that, joined, are the same document without the `skip` records.
-
-    None when the bytes do not line up with the records as expected.
-    """
-    cuts: list[tuple[int, int]] = []
-    for records in sections.values():
-        if not records.keys() & skip:
-            continue
-        found = _section_cuts(data, records, skip)
-        if found is None:
+            next_key, end = -1, _object_end(data, value)
+            after = _skip_ws(data, end) if end >= 0 else len(data)
+            if after >= len(data) or data[after] != _CLOSE:
+                return None
+        if end <= value:
             return None
-        cuts.extend(found)
+        found.append((names[i], Span(section, i, before, key, value, end, next_key)))
+    return found
+
+
+def locate(
+    data: bytes, order: Mapping[str, Sequence[str]], wanted: AbstractSet[str]
+) -> dict[str, Span] | None:
+    """The spans of the `wanted` entries of `data`, an index whose package sections list
+    `order`'s filenames in that order (as msgspec parsed them). None on any doubt; the caller
+    checks each span's value against the record it parsed."""
+    spans: dict[str, Span] = {}
+    for section, names in order.items():
+        located = _section_spans(data, section, names, wanted)
+        if located is None:
+            return None
+        for name, span in located:
+            if name in spans:  # listed in both sections: which one counts is not ours to say
+                return None
+            spans[name] = span
+    return spans
+
+
+def cut(data: bytes, spans: Mapping[str, Span], skip: AbstractSet[str]) -> list[memoryview] | None:
+    """`data` as parts that, joined, are the same document without the `skip` entries (each
+    located in `spans`). A leading run of a section goes with the comma after it, any other
+    entry with the comma before it."""
+    if not skip <= spans.keys():
+        return None
+    by_section: dict[str, list[Span]] = {}
+    for name in skip:
+        span = spans[name]
+        by_section.setdefault(span.section, []).append(span)
+    cuts: list[tuple[int, int]] = []
+    for entries in by_section.values():
+        entries.sort(key=lambda s: s.position)
+        run = 0  # entries 0..run-1 of the section are all cut
+        while run < len(entries) and entries[run].position == run:
+            run += 1
+        if run:
+            last = entries[run - 1]
+            cuts.append((entries[0].key, last.next_key if last.next_key >= 0 else last.end))
+        cuts.extend((span.before, span.end) for span in entries[run:])
     cuts.sort()
-    parts: list[memoryview] = []
     view = memoryview(data)
+    parts: list[memoryview] = []
     pos = 0
     for begin, end in cuts:
-        if begin < pos:  # overlapping cuts: the sections are not where they seem
+        if begin < pos:
             return None
         parts.append(view[pos:begin])
         pos = end

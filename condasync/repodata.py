@@ -1,10 +1,7 @@
 """Pure repodata format logic: parse, validate untrusted keys and records, dump, zstd.
 
-Two views of an index. `parse_repodata`/`dump_repodata` give and take plain dicts (used by
-`index`, `verify` and tests). The mirror engine uses `parse_index`/`encode_index`: each record
-stays the upstream's raw JSON bytes (`msgspec.Raw`, spliced into the output unchanged) next to
-a small typed `Lite` view holding just what planning needs, so a 600k-record index is parsed
-and written again without building 600k dicts.
+`parse_repodata`/`dump_repodata` give and take plain dicts (used by `index`, `verify` and
+tests). The mirror engine's view of a 600k-record index is in `bigindex`.
 """
 
 from __future__ import annotations
@@ -12,13 +9,10 @@ from __future__ import annotations
 import contextlib
 import gc
 import re
-from collections.abc import Iterator, Mapping
-from collections.abc import Set as AbstractSet
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import orjson
 import zstandard
 
@@ -218,200 +212,3 @@ def decompress_zst(data: bytes) -> bytes:
     except zstandard.ZstdError as exc:
         raise ValueError(f"corrupt zstd data: {exc}") from None
     return b"".join(chunks)
-
-
-class Lite(msgspec.Struct, gc=False):
-    """What planning needs of a record: size and hashes. The full record stays raw JSON.
-
-    Kept this small on purpose (600k of them live at once); new and changed records are
-    validated in full with `check_record` on their raw JSON.
-    """
-
-    size: int
-    sha256: str | None = None
-    md5: str | None = None
-
-    @property
-    def digest(self) -> str:
-        if self.sha256:
-            return f"sha256:{self.sha256}"
-        return f"md5:{self.md5}"
-
-
-_TOP_KEYS = frozenset({"info", "packages", "packages.conda", "removed", "repodata_version"})
-_raw_section = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_lite_section = msgspec.json.Decoder(dict[str, Lite])
-_lite_record = msgspec.json.Decoder(Lite)
-
-
-@dataclass
-class Index:
-    """An upstream index as the engine holds it.
-
-    `sections` keeps every record's original JSON bytes per section ("packages",
-    "packages.conda"), in upstream order; `lite` has the typed view of each structurally
-    sound record, and `rejected` says why the others were dropped. Filenames are not
-    validated here: callers check the ones they use.
-    """
-
-    info: dict[str, Any]
-    sections: dict[str, dict[str, msgspec.Raw]]
-    lite: dict[str, Lite]
-    rejected: dict[str, str]
-    removed: list[Any] = field(default_factory=list)
-    version: int | None = None
-    extra: dict[str, msgspec.Raw] = field(default_factory=dict)
-
-    def raw(self, filename: str) -> msgspec.Raw | None:
-        """A record's upstream JSON, from whichever section holds it."""
-        for records in self.sections.values():
-            found = records.get(filename)
-            if found is not None:
-                return found
-        return None
-
-    def __contains__(self, filename: object) -> bool:
-        return any(filename in records for records in self.sections.values())
-
-    def count(self) -> int:
-        return sum(len(records) for records in self.sections.values())
-
-    def not_listed(self, filenames: AbstractSet[str]) -> set[str]:
-        """The filenames upstream does not list at all (set operations, for 600k names)."""
-        rest = set(filenames)
-        for records in self.sections.values():
-            rest -= records.keys()
-        return rest
-
-
-def _raw_of(data: msgspec.Raw | None, where: str) -> dict[str, msgspec.Raw]:
-    if data is None or bytes(data) == b"null":
-        return {}
-    try:
-        return _raw_section.decode(data)
-    except msgspec.ValidationError:
-        raise ValueError(f"{where} has a malformed package section") from None
-
-
-def _lite_of(
-    data: msgspec.Raw | None, raw: dict[str, msgspec.Raw]
-) -> tuple[dict[str, Lite], dict[str, str]]:
-    if not raw or data is None:
-        return {}, {}
-    try:
-        return _lite_section.decode(data), {}
-    except msgspec.ValidationError:
-        pass  # some record is malformed: find which, one by one
-    lite: dict[str, Lite] = {}
-    rejected: dict[str, str] = {}
-    for filename, body in raw.items():
-        try:
-            lite[filename] = _lite_record.decode(body)
-        except msgspec.ValidationError as exc:
-            reason = check_record(msgspec.json.decode(body))
-            rejected[filename] = reason or f"malformed record: {exc}"
-    return lite, rejected
-
-
-def _part(top: dict[str, msgspec.Raw], key: str, kind: type[Any], where: str) -> Any:
-    data = top.get(key)
-    if data is None:
-        return None
-    try:
-        return msgspec.json.decode(data, type=kind | None)
-    except msgspec.ValidationError:
-        raise ValueError(f"{where} has a malformed {key!r}") from None
-
-
-_NULL = msgspec.Raw(b"null")
-
-
-class _RawDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A whole index in one pass, records kept raw (for the common, well-formed case)."""
-
-    info: msgspec.Raw = _NULL
-    packages: dict[str, msgspec.Raw] | None = None
-    conda: dict[str, msgspec.Raw] | None = msgspec.field(default=None, name="packages.conda")
-    removed: msgspec.Raw = _NULL
-    repodata_version: msgspec.Raw = _NULL
-
-
-class _LiteDoc(msgspec.Struct, gc=False):
-    packages: dict[str, Lite] | None = None
-    conda: dict[str, Lite] | None = msgspec.field(default=None, name="packages.conda")
-
-
-_raw_doc = msgspec.json.Decoder(_RawDoc)
-_lite_doc = msgspec.json.Decoder(_LiteDoc)
-
-
-def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
-    """One pass for the raw records, one for the typed views; None unless every part is
-    well-formed (the general path then finds what is not)."""
-    try:
-        doc = _raw_doc.decode(data)
-        lite = _lite_doc.decode(data)
-    except msgspec.ValidationError:
-        return None
-    parts = (
-        ("info", doc.info),
-        ("removed", doc.removed),
-        ("repodata_version", doc.repodata_version),
-    )
-    top = dict(parts)  # a missing part is JSON null, as _part reads it
-    # fill the larger (.conda) dict with the smaller; a name in both sections (a hostile
-    # index) keeps its "packages" view, the record `Index.raw` returns for it
-    views = lite.conda or {}
-    views.update(lite.packages or {})
-    sections = {"packages": doc.packages or {}, "packages.conda": doc.conda or {}}
-    return top, Index(info={}, sections=sections, lite=views, rejected={})
-
-
-def parse_index(data: bytes, subdir: str) -> Index:
-    """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document."""
-    where = f"{subdir}/repodata.json"
-    try:
-        with gc_paused():
-            fast = _parse_fast(data)
-            if fast is not None:
-                top, index = fast
-            else:
-                top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
-                sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
-                # The typed views last, so the memory they take is freed in one piece later.
-                lite: dict[str, Lite] = {}
-                rejected: dict[str, str] = {}
-                for key in reversed(PACKAGE_KEYS):  # as the one-pass parse: "packages" wins
-                    part_lite, part_rejected = _lite_of(top.get(key), sections[key])
-                    lite.update(part_lite)
-                    rejected.update(part_rejected)
-                index = Index(info={}, sections=sections, lite=lite, rejected=rejected)
-    except msgspec.DecodeError as exc:
-        if isinstance(exc, msgspec.ValidationError):
-            raise ValueError(f"{where} is not a JSON object") from None
-        raise ValueError(f"{where} is not valid JSON: {exc}") from None
-    index.info = _part(top, "info", dict[str, Any], where) or {}
-    index.removed = _part(top, "removed", list[Any], where) or []
-    index.version = _part(top, "repodata_version", int, where)
-    index.extra = {k: v for k, v in top.items() if k not in _TOP_KEYS}
-    return index
-
-
-def encode_index(
-    index: Index, subdir: str, sections: Mapping[str, Mapping[str, msgspec.Raw | Record]]
-) -> bytes:
-    """The index a mirror publishes: upstream's top level (minus base_url) and these sections.
-
-    Records keep their upstream bytes; the result is compact JSON.
-    """
-    info = {k: v for k, v in index.info.items() if k != "base_url"}
-    info["subdir"] = subdir
-    doc: dict[str, Any] = dict(sorted(index.extra.items()))
-    doc["info"] = info
-    for key in PACKAGE_KEYS:
-        doc[key] = sections.get(key, {})
-    doc["removed"] = index.removed
-    if index.version is not None:
-        doc["repodata_version"] = index.version
-    with gc_paused():
-        return msgspec.json.encode(doc)

@@ -24,7 +24,8 @@ import msgspec
 import orjson
 
 from condasync import fetch
-from condasync.cut import cut_records
+from condasync.bigindex import Index, Lite, encode_index, parse_index
+from condasync.cut import cut
 from condasync.errors import (
     EXIT_PARTIAL,
     CondasyncError,
@@ -36,17 +37,13 @@ from condasync.filters import Filters, include_names, select
 from condasync.models import Event, FileState, MirrorReport, Plan, SubdirReport
 from condasync.plan import build_plan, changed
 from condasync.repodata import (
-    Index,
-    Lite,
     check_filename,
     check_record,
     compress_zst,
     dump_repodata,
     empty_repodata,
-    encode_index,
     gc_paused,
     is_subdir,
-    parse_index,
     split_filename,
 )
 from condasync.state import (
@@ -443,7 +440,7 @@ async def _sync_changed(
         published = None if len(selected) == index.count() else set(selected)
         n_published = len(selected)
         del valid, selected, differ
-        index.lite = {}
+        index.lite, index.order = {}, {}
         gc.freeze()  # later collections during downloads need not walk all that again
     for key, reason in rejected.items():
         report.rejected[key] = reason
@@ -579,10 +576,9 @@ def _validate(
     """
     differ = changed(index.lite, local)
     rejected = dict(index.rejected)
+    found = index.records(differ)
     for filename in differ:
-        reason = check_filename(filename) or check_record(
-            msgspec.json.decode(_raw(index, filename))
-        )
+        reason = check_filename(filename) or check_record(msgspec.json.decode(found[filename]))
         if reason is not None:
             rejected[filename] = reason
     if len(rejected) == len(index.rejected):
@@ -708,7 +704,7 @@ def _prepare_indexes(
     interim = None
     if plan.replace:
         skip = set(plan.add) | set(plan.replace)
-        parts = None if as_is is None else cut_records(as_is, index.sections, skip)
+        parts = None if as_is is None else cut(as_is, index.spans, skip)
         if parts is not None:
             data = b"".join(parts)
             del parts

@@ -1,27 +1,30 @@
-"""cut_records: an index minus some records, cut from its own bytes, must parse to the same
-document that re-encoding without those records gives, or refuse (None)."""
+"""Records located in an index's own bytes (Index.records) and cut out of them (cut.cut):
+the located JSON must be each record's, and the cut document must parse to the document
+without those records. When the bytes do not line up, both must refuse, and the engine then
+parses the whole document."""
 
 from __future__ import annotations
 
 import json
 import random
 
-import msgspec
 import pytest
 
-from condasync.cut import cut_records
-from condasync.repodata import parse_index
+from condasync.bigindex import parse_index
+from condasync.cut import cut
+
+
+def _rec(i: int, **extra: object) -> dict[str, object]:
+    return {"name": f"p{i}", "version": "1.0", "build": "0", "build_number": 0,
+            "depends": [f"dep{i} >=1", "x {}[]\\\""], "sha256": f"{i:064x}", "size": 100 + i,
+            **extra}  # fmt: skip
 
 
 def _doc(n_tar: int, n_conda: int) -> dict[str, object]:
-    def rec(i: int) -> dict[str, object]:
-        return {"name": f"p{i}", "version": "1.0", "build": "0", "build_number": 0,
-                "depends": [f"dep{i} >=1"], "sha256": f"{i:064x}", "size": 100 + i}  # fmt: skip
-
     return {
         "info": {"subdir": "noarch"},
-        "packages": {f"p{i}-1.0-0.tar.bz2": rec(i) for i in range(n_tar)},
-        "packages.conda": {f"p{i}-1.0-0.conda": rec(i) for i in range(n_conda)},
+        "packages": {f"p{i}-1.0-0.tar.bz2": _rec(i) for i in range(n_tar)},
+        "packages.conda": {f"p{i}-1.0-0.conda": _rec(i) for i in range(n_conda)},
         "removed": ["gone-1.0-0.tar.bz2"],
         "repodata_version": 1,
     }
@@ -36,6 +39,10 @@ def _without(doc: dict[str, object], skip: set[str]) -> dict[str, object]:
     return out
 
 
+def _records(doc: dict[str, object]) -> dict[str, object]:
+    return {fn: r for key in ("packages", "packages.conda") for fn, r in doc[key].items()}  # type: ignore[attr-defined]
+
+
 FORMATS = {
     "indented": lambda d: json.dumps(d, indent=2, sort_keys=True).encode(),
     "compact": lambda d: json.dumps(d, separators=(",", ":")).encode(),
@@ -45,50 +52,69 @@ FORMATS = {
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 @pytest.mark.parametrize("seed", range(12))
-def test_cut_parses_as_the_document_without_those_records(fmt: str, seed: int) -> None:
+def test_located_records_and_cut_document(fmt: str, seed: int) -> None:
     rng = random.Random(seed)
     doc = _doc(rng.randint(0, 6), rng.randint(1, 6))
     data = FORMATS[fmt](doc)
     index = parse_index(data, "noarch")
-    names = [fn for section in index.sections.values() for fn in section]
+    names = [fn for section in index.order.values() for fn in section]
     # first, last, all, none, runs: random subsets hit every shape of cut
     skip = set(rng.sample(names, rng.randint(0, len(names))))
-    parts = cut_records(data, index.sections, skip)
+    found = index.records(skip)
+    assert {fn: json.loads(body) for fn, body in found.items()} == {
+        fn: r for fn, r in _records(doc).items() if fn in skip
+    }
+    assert index.spans.keys() == skip
+    assert index._sections is None  # nothing parsed the whole document again
+    parts = cut(data, index.spans, skip)
     assert parts is not None
     assert json.loads(b"".join(parts)) == _without(doc, skip)
 
 
 def test_cut_of_every_record_leaves_empty_sections() -> None:
-    doc = _doc(3, 3)
-    data = FORMATS["indented"](doc)
+    data = FORMATS["indented"](_doc(3, 3))
     index = parse_index(data, "noarch")
-    skip = {fn for section in index.sections.values() for fn in section}
-    parts = cut_records(data, index.sections, skip)
+    skip = {fn for section in index.order.values() for fn in section}
+    index.records(skip)
+    parts = cut(data, index.spans, skip)
     assert parts is not None
     out = json.loads(b"".join(parts))
     assert out["packages"] == {} and out["packages.conda"] == {}
 
 
+def test_cut_refuses_names_it_was_not_given_spans_for() -> None:
+    data = FORMATS["compact"](_doc(2, 2))
+    index = parse_index(data, "noarch")
+    index.records({"p0-1.0-0.conda"})
+    assert cut(data, index.spans, {"p0-1.0-0.conda", "p1-1.0-0.conda"}) is None
+
+
+def _refused(data: bytes, names: set[str]) -> None:
+    index = parse_index(data, "noarch")
+    found = index.records(names)
+    assert index.spans == {}
+    for fn, body in found.items():  # the whole-document parse answered instead
+        assert bytes(body) == bytes(index.raw(fn) or b"")
+
+
 def test_escaped_key_is_refused() -> None:
     data = FORMATS["compact"](_doc(0, 2)).replace(b'"p1-1.0-0.conda"', b'"p\\u0031-1.0-0.conda"')
-    index = parse_index(data, "noarch")
-    assert cut_records(data, index.sections, {"p1-1.0-0.conda"}) is None
+    _refused(data, {"p1-1.0-0.conda"})
 
 
-def test_key_listed_twice_with_different_records_is_refused() -> None:
-    """msgspec keeps the last record at the first key's place: the bytes there differ."""
-    data = FORMATS["compact"](_doc(0, 2))
-    first = b'"p0-1.0-0.conda":'
-    at = data.index(first)
-    end = data.index(b"}", at) + 1
-    dup = data[at:end].replace(b'"size":100', b'"size":999')
-    data = data[:end] + b"," + dup + data[end:]
-    index = parse_index(data, "noarch")
-    assert (
-        msgspec.json.decode(bytes(index.sections["packages.conda"]["p0-1.0-0.conda"]))["size"]
-        == 999
-    )
-    assert cut_records(data, index.sections, {"p0-1.0-0.conda"}) is None
+@pytest.mark.parametrize("same", [True, False])
+@pytest.mark.parametrize("where", [0, 1])
+def test_key_listed_twice_is_refused(same: bool, where: int) -> None:
+    """A repeated key (the copy right after it, or as the section's last entry): its
+    entry would not be one JSON value, so the bytes do not line up, identical copy or not."""
+    doc = _doc(0, 2)
+    data = FORMATS["compact"](doc)
+    name = f"p{where}-1.0-0.conda"
+    entry = f'"{name}":'.encode() + json.dumps(_rec(where), separators=(",", ":")).encode()
+    assert entry in data
+    copy = entry if same else entry.replace(b'"size":10', b'"size":99')
+    data = data.replace(entry, entry + b"," + copy)
+    _refused(data, {name})
 
 
 def test_name_as_a_string_value_is_not_taken_for_its_key() -> None:
@@ -97,8 +123,15 @@ def test_name_as_a_string_value_is_not_taken_for_its_key() -> None:
     section = doc["packages.conda"]
     assert isinstance(section, dict)
     section["p0-1.0-0.conda"]["fn"] = "p2-1.0-0.conda"
+    section["p1-1.0-0.conda"]["p2-1.0-0.conda"] = 1  # even as a key inside another record
     data = FORMATS["indented"](doc)
     index = parse_index(data, "noarch")
-    parts = cut_records(data, index.sections, {"p2-1.0-0.conda"})
-    assert parts is not None
-    assert json.loads(b"".join(parts)) == _without(doc, {"p2-1.0-0.conda"})
+    skip = {"p1-1.0-0.conda", "p2-1.0-0.conda"}
+    found = index.records(skip)
+    assert {fn: json.loads(bytes(body)) for fn, body in found.items()} == {
+        fn: r for fn, r in _records(doc).items() if fn in skip
+    }
+    if index.spans:  # located (else the whole-document parse answered): the cut is right
+        parts = cut(data, index.spans, skip)
+        assert parts is not None
+        assert json.loads(b"".join(parts)) == _without(doc, skip)

@@ -7,15 +7,14 @@ from collections.abc import Callable
 import orjson
 import pytest
 
+from condasync.bigindex import Lite, parse_index
 from condasync.repodata import (
-    Lite,
     check_filename,
     check_record,
     compress_zst,
     decompress_zst,
     digest_of,
     dump_repodata,
-    parse_index,
     parse_repodata,
     partition_records,
     publishable,

@@ -1,0 +1,274 @@
+"""PURE: the mirror engine's view of an upstream index of up to 600k records.
+
+Each record has a small typed `Lite` view (size and hashes: what planning needs). Its full
+JSON stays in upstream's document: the few records a sync reads in full are located in those
+bytes (`cut.locate`), and `sections` (every record's JSON as `msgspec.Raw`, for encoding a
+changed document) is parsed from them only when asked for. So the common sync, which
+publishes upstream's document as it is, parses 600k records once, into the typed views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any
+
+import msgspec
+
+from condasync.cut import Span, locate
+from condasync.models import PACKAGE_KEYS, Record
+from condasync.repodata import check_record, gc_paused
+
+
+class Lite(msgspec.Struct, gc=False):
+    """What planning needs of a record: size and hashes. The full record stays raw JSON.
+
+    Kept this small on purpose (600k of them live at once); new and changed records are
+    validated in full with `check_record` on their raw JSON.
+    """
+
+    size: int
+    sha256: str | None = None
+    md5: str | None = None
+
+    @property
+    def digest(self) -> str:
+        if self.sha256:
+            return f"sha256:{self.sha256}"
+        return f"md5:{self.md5}"
+
+
+_TOP_KEYS = frozenset({"info", "packages", "packages.conda", "removed", "repodata_version"})
+_raw_section = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_lite_section = msgspec.json.Decoder(dict[str, Lite])
+_lite_record = msgspec.json.Decoder(Lite)
+_NULL = msgspec.Raw(b"null")
+
+
+class _RawDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A whole index in one pass, records kept raw (for the common, well-formed case)."""
+
+    info: msgspec.Raw = _NULL
+    packages: dict[str, msgspec.Raw] | None = None
+    conda: dict[str, msgspec.Raw] | None = msgspec.field(default=None, name="packages.conda")
+    removed: msgspec.Raw = _NULL
+    repodata_version: msgspec.Raw = _NULL
+
+
+class _LiteDoc(msgspec.Struct, gc=False):
+    """A whole index in one pass into the typed views (other top-level keys are skipped)."""
+
+    info: msgspec.Raw = _NULL
+    packages: dict[str, Lite] | None = None
+    conda: dict[str, Lite] | None = msgspec.field(default=None, name="packages.conda")
+    removed: msgspec.Raw = _NULL
+    repodata_version: msgspec.Raw = _NULL
+
+
+_raw_doc = msgspec.json.Decoder(_RawDoc)
+_lite_doc = msgspec.json.Decoder(_LiteDoc)
+
+
+class Index:
+    """An upstream index as the engine holds it.
+
+    `lite` has the typed view of each structurally sound record, and `rejected` says why the
+    others were dropped; `order` lists each section's filenames ("packages",
+    "packages.conda") in upstream order. Filenames are not validated here: callers check the
+    ones they use.
+    """
+
+    def __init__(
+        self,
+        body: bytes,
+        lite: dict[str, Lite],
+        order: dict[str, list[str]],
+        rejected: dict[str, str] | None = None,
+        sections: dict[str, dict[str, msgspec.Raw]] | None = None,
+        extra: dict[str, msgspec.Raw] | None = None,
+    ) -> None:
+        self.body = body
+        self.lite = lite
+        self.order = order
+        self.rejected = rejected or {}
+        self.info: dict[str, Any] = {}
+        self.removed: list[Any] = []
+        self.version: int | None = None
+        self.spans: dict[str, Span] = {}  # entries located in `body` (see records)
+        self._sections = sections
+        self._extra = extra
+
+    @property
+    def sections(self) -> dict[str, dict[str, msgspec.Raw]]:
+        """Every record's upstream JSON per section, in upstream order (parsed on first use)."""
+        if self._sections is None:
+            self._sections, self._extra = _raw_pass(self.body, "repodata.json")
+        return self._sections
+
+    @property
+    def extra(self) -> dict[str, msgspec.Raw]:
+        """Top-level keys other than the known ones, kept for re-encoding."""
+        if self._extra is None:
+            self._sections, self._extra = _raw_pass(self.body, "repodata.json")
+        return self._extra
+
+    def raw(self, filename: str) -> msgspec.Raw | None:
+        """A record's upstream JSON, from whichever section holds it."""
+        for records in self.sections.values():
+            found = records.get(filename)
+            if found is not None:
+                return found
+        return None
+
+    def records(self, filenames: AbstractSet[str]) -> dict[str, bytes | msgspec.Raw]:
+        """The JSON of these listed, typed records: cut from the document when every one of
+        them lines up there with its typed view (and `spans` then says where), else from
+        the parsed sections."""
+        if self._sections is None and filenames:
+            spans = locate(self.body, self.order, filenames)
+            if spans is not None and spans.keys() == filenames:
+                found = {fn: self.body[s.value : s.end] for fn, s in spans.items()}
+                if all(_same_view(data, self.lite.get(fn)) for fn, data in found.items()):
+                    self.spans = spans
+                    return dict(found)
+        return {fn: raw for fn in filenames if (raw := self.raw(fn)) is not None}
+
+    def __contains__(self, filename: object) -> bool:
+        return any(filename in records for records in self.sections.values())
+
+    def count(self) -> int:
+        return sum(len(names) for names in self.order.values())
+
+    def not_listed(self, filenames: AbstractSet[str]) -> set[str]:
+        """The filenames upstream does not list at all (set operations, for 600k names)."""
+        rest = set(filenames)
+        for names in self.order.values():
+            rest.difference_update(names)
+        return rest
+
+
+def _same_view(data: bytes, lite: Lite | None) -> bool:
+    try:
+        return lite is not None and _lite_record.decode(data) == lite
+    except msgspec.DecodeError:
+        return False
+
+
+def _raw_of(data: msgspec.Raw | None, where: str) -> dict[str, msgspec.Raw]:
+    if data is None or bytes(data) == b"null":
+        return {}
+    try:
+        return _raw_section.decode(data)
+    except msgspec.ValidationError:
+        raise ValueError(f"{where} has a malformed package section") from None
+
+
+def _raw_pass(
+    data: bytes, where: str
+) -> tuple[dict[str, dict[str, msgspec.Raw]], dict[str, msgspec.Raw]]:
+    """(sections, extra top-level keys), every record kept as raw JSON."""
+    with gc_paused():
+        try:
+            doc = _raw_doc.decode(data)
+            return {"packages": doc.packages or {}, "packages.conda": doc.conda or {}}, {}
+        except msgspec.ValidationError:
+            top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+            sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
+            return sections, {k: v for k, v in top.items() if k not in _TOP_KEYS}
+
+
+def _lite_of(
+    data: msgspec.Raw | None, raw: dict[str, msgspec.Raw]
+) -> tuple[dict[str, Lite], dict[str, str]]:
+    if not raw or data is None:
+        return {}, {}
+    try:
+        return _lite_section.decode(data), {}
+    except msgspec.ValidationError:
+        pass  # some record is malformed: find which, one by one
+    lite: dict[str, Lite] = {}
+    rejected: dict[str, str] = {}
+    for filename, body in raw.items():
+        try:
+            lite[filename] = _lite_record.decode(body)
+        except msgspec.ValidationError as exc:
+            reason = check_record(msgspec.json.decode(body))
+            rejected[filename] = reason or f"malformed record: {exc}"
+    return lite, rejected
+
+
+def _part(top: Mapping[str, msgspec.Raw], key: str, kind: type[Any], where: str) -> Any:
+    data = top.get(key)
+    if data is None:
+        return None
+    try:
+        return msgspec.json.decode(data, type=kind | None)
+    except msgspec.ValidationError:
+        raise ValueError(f"{where} has a malformed {key!r}") from None
+
+
+def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
+    """One pass into the typed views; None unless every record has one (the general path
+    then finds which do not)."""
+    try:
+        doc = _lite_doc.decode(data)
+    except msgspec.ValidationError:
+        return None
+    top = {"info": doc.info, "removed": doc.removed, "repodata_version": doc.repodata_version}
+    order = {"packages": list(doc.packages or ()), "packages.conda": list(doc.conda or ())}
+    # fill the larger (.conda) dict with the smaller; a name in both sections (a hostile
+    # index) keeps its "packages" view, the record `Index.raw` returns for it
+    views = doc.conda or {}
+    views.update(doc.packages or {})
+    return top, Index(data, views, order)
+
+
+def parse_index(data: bytes, subdir: str) -> Index:
+    """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document."""
+    where = f"{subdir}/repodata.json"
+    try:
+        with gc_paused():
+            fast = _parse_fast(data)
+            if fast is not None:
+                top, index = fast
+            else:
+                top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+                sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
+                # The typed views last, so the memory they take is freed in one piece later.
+                lite: dict[str, Lite] = {}
+                rejected: dict[str, str] = {}
+                for key in reversed(PACKAGE_KEYS):  # as the one-pass parse: "packages" wins
+                    part_lite, part_rejected = _lite_of(top.get(key), sections[key])
+                    lite.update(part_lite)
+                    rejected.update(part_rejected)
+                order = {key: list(records) for key, records in sections.items()}
+                extra = {k: v for k, v in top.items() if k not in _TOP_KEYS}
+                index = Index(data, lite, order, rejected, sections, extra)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            raise ValueError(f"{where} is not a JSON object") from None
+        raise ValueError(f"{where} is not valid JSON: {exc}") from None
+    index.info = _part(top, "info", dict[str, Any], where) or {}
+    index.removed = _part(top, "removed", list[Any], where) or []
+    index.version = _part(top, "repodata_version", int, where)
+    return index
+
+
+def encode_index(
+    index: Index, subdir: str, sections: Mapping[str, Mapping[str, msgspec.Raw | Record]]
+) -> bytes:
+    """The index a mirror publishes: upstream's top level (minus base_url) and these sections.
+
+    Records keep their upstream bytes; the result is compact JSON.
+    """
+    info = {k: v for k, v in index.info.items() if k != "base_url"}
+    info["subdir"] = subdir
+    doc: dict[str, Any] = dict(sorted(index.extra.items()))
+    doc["info"] = info
+    for key in PACKAGE_KEYS:
+        doc[key] = sections.get(key, {})
+    doc["removed"] = index.removed
+    if index.version is not None:
+        doc["repodata_version"] = index.version
+    with gc_paused():
+        return msgspec.json.encode(doc)
