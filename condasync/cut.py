@@ -133,7 +133,9 @@ def locate(
     return spans
 
 
-def cut(data: bytes, spans: Mapping[str, Span], skip: AbstractSet[str]) -> list[memoryview] | None:
+def cut(
+    data: bytes, spans: Mapping[str, Span], skip: AbstractSet[str]
+) -> list[bytes | memoryview] | None:
     """`data` as parts that, joined, are the same document without the `skip` entries (each
     located in `spans`). A leading run of a section goes with the comma after it, any other
     entry with the comma before it."""
@@ -155,7 +157,7 @@ def cut(data: bytes, spans: Mapping[str, Span], skip: AbstractSet[str]) -> list[
         cuts.extend((span.before, span.end) for span in entries[run:])
     cuts.sort()
     view = memoryview(data)
-    parts: list[memoryview] = []
+    parts: list[bytes | memoryview] = []
     pos = 0
     for begin, end in cuts:
         if begin < pos:

@@ -185,6 +185,43 @@ def compress_zst(data: bytes, level: int = 3, threads: int = 0) -> bytes:
     return zstandard.ZstdCompressor(level=level, threads=threads).compress(data)
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_RAW_BLOCK = 128 * 1024  # the largest block a zstd frame may hold
+
+
+def zst_stored(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    """A zstd frame of `parts` (joined) stored as raw blocks, uncompressed: every zstd reader
+    takes it, and it costs no CPU. For an index that lives a second (the interim one), where
+    compressing 340 MB would slow the downloads it runs beside."""
+    total = sum(len(part) for part in parts)
+    # frame header: content size in 8 bytes, single segment (no window descriptor), no checksum
+    out: list[bytes | memoryview] = [_ZSTD_MAGIC + b"\xe0" + total.to_bytes(8, "little")]
+    block: list[bytes | memoryview] = []
+    room = _RAW_BLOCK
+    left = total
+
+    def close_block() -> None:
+        size = _RAW_BLOCK - room
+        last = 1 if left == 0 else 0
+        out.append((last | size << 3).to_bytes(3, "little"))  # block type 0: raw
+        out.extend(block)
+
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            take = view[:room]
+            block.append(take)
+            room -= len(take)
+            left -= len(take)
+            view = view[len(take) :]
+            if room == 0:
+                close_block()
+                block, room = [], _RAW_BLOCK
+    if block or total == 0:
+        close_block()
+    return out
+
+
 def decompress_zst(data: bytes) -> bytes:
     """Decompress a zstd stream, refusing outputs beyond a sane bound (zip-bomb guard).
 

@@ -36,7 +36,15 @@ from condasync.errors import StorageError, UpstreamError, UsageError
 from condasync.s3lock import NO_LOCK_FLAG as NO_LOCK_FLAG  # re-exported for the CLI
 from condasync.s3lock import ConditionalWriteUnsupported as ConditionalWriteUnsupported
 from condasync.s3lock import S3Lock
-from condasync.storage import HASH_CHUNK, SafetyError, StagedFile, Storage, plain_relpath
+from condasync.storage import (
+    HASH_CHUNK,
+    Data,
+    SafetyError,
+    StagedFile,
+    Storage,
+    joined,
+    plain_relpath,
+)
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta, WritableFile
@@ -106,8 +114,8 @@ def _unreachable(exc: BaseException) -> bool:
     return any(sign in text for sign in signs)
 
 
-def _ready(data: bytes | Future[bytes]) -> bytes:
-    return data.result() if isinstance(data, Future) else data
+def _ready(data: Data) -> bytes:
+    return data.result() if isinstance(data, Future) else joined(data)
 
 
 class S3Prepared:
@@ -372,7 +380,7 @@ class S3Storage:
         """PUT data unless the object already holds exactly these bytes (no PUT then)."""
         return bool(self.publish([(relpath, data)]))
 
-    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]:
+    def publish(self, files: Sequence[tuple[str, Data]]) -> list[str]:
         """PUT each changed file in the given order (packages before .zst before .json), after
         checking all of them first; returns the relpaths written."""
         ready = [(relpath, _ready(data)) for relpath, data in files]
@@ -381,9 +389,7 @@ class S3Storage:
             self._put(relpath, data)
         return [relpath for relpath, _ in changed]
 
-    def prepare(
-        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
-    ) -> S3Prepared:
+    def prepare(self, files: Sequence[tuple[str, Data]], staged: bool = False) -> S3Prepared:
         """An object store has no rename: the PUTs (and the check for unchanged objects) wait
         for publish(); the data stays here until then."""
         return S3Prepared(self, [(relpath, _ready(data)) for relpath, data in files])

@@ -63,6 +63,15 @@ def describe_os_error(exc: OSError, what: str) -> StorageError:
     return StorageError(f"cannot write {what}: {exc.strerror or exc}")
 
 
+# A file's bytes: whole, in parts written one after the other (never joined in memory), or
+# still being made (a compression running in another thread).
+Data = bytes | list[bytes | memoryview] | Future[bytes]
+
+
+def joined(data: bytes | list[bytes | memoryview]) -> bytes:
+    return data if isinstance(data, bytes) else b"".join(data)
+
+
 class StagedFile(Protocol):
     """A file being written beside its target; invisible until committed."""
 
@@ -89,10 +98,8 @@ class Storage(Protocol):
     def stage(self, relpath: str) -> StagedFile: ...
     def read(self, relpath: str) -> bytes | None: ...
     def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
-    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]: ...
-    def prepare(
-        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
-    ) -> Prepared: ...
+    def publish(self, files: Sequence[tuple[str, Data]]) -> list[str]: ...
+    def prepare(self, files: Sequence[tuple[str, Data]], staged: bool = False) -> Prepared: ...
     def delete(self, relpath: str) -> None: ...
     def stat(self, relpath: str) -> tuple[int, int] | None: ...
     def open(self, relpath: str) -> BinaryIO: ...
@@ -282,7 +289,7 @@ class LocalStorage:
         """Atomically replace relpath with data unless it already holds exactly these bytes."""
         return bool(self.publish([(relpath, data)]))
 
-    def publish(self, files: Sequence[tuple[str, bytes | Future[bytes]]]) -> list[str]:
+    def publish(self, files: Sequence[tuple[str, Data]]) -> list[str]:
         """Write each file to a temp beside it (fsync), then rename them in order, skipping
         those whose target already holds the same bytes.
 
@@ -297,9 +304,7 @@ class LocalStorage:
         finally:
             prepared.discard()
 
-    def prepare(
-        self, files: Sequence[tuple[str, bytes | Future[bytes]]], staged: bool = False
-    ) -> LocalPrepared:
+    def prepare(self, files: Sequence[tuple[str, Data]], staged: bool = False) -> LocalPrepared:
         """The write half of publish(): temp files, complete and fsynced, not yet renamed.
 
         `staged` puts them in the subdir's staging folder, which the next run clears, for
@@ -322,7 +327,7 @@ class LocalStorage:
                 tmp = folder / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
                 pending.append((i, tmp, target))
                 with open(tmp, "wb") as fh:
-                    fh.write(data)
+                    fh.writelines([data] if isinstance(data, bytes) else data)
                     fh.flush()
                     os.fsync(fh.fileno())
         except BaseException as exc:

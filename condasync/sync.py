@@ -12,7 +12,7 @@ import gc
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -45,6 +45,7 @@ from condasync.repodata import (
     gc_paused,
     is_subdir,
     split_filename,
+    zst_stored,
 )
 from condasync.state import (
     GENERATION,
@@ -57,11 +58,13 @@ from condasync.state import (
     save_meta,
 )
 from condasync.storage import (
+    Data,
     Prepared,
     S3Options,
     StagedFile,
     Storage,
     describe_os_error,
+    joined,
     open_storage,
 )
 from condasync.urls import join, mask, mask_url, normalize_channel, secrets_of
@@ -705,13 +708,14 @@ def _prepare_indexes(
     if plan.replace:
         skip = set(plan.add) | set(plan.replace)
         parts = None if as_is is None else cut(as_is, index.spans, skip)
-        if parts is not None:
-            data = b"".join(parts)
-            del parts
-        else:
-            data = _encode(index, subdir, published, skip, kept_removed)
-        interim = _prepare_index(storage, subdir, data, job, 1)  # lives for seconds: fastest zstd
-        del data
+        if parts is None:
+            parts = [_encode(index, subdir, published, skip, kept_removed)]
+        # It is live only while the replaced files are moved in. On a local disk its .zst
+        # is stored, not compressed, so it takes no CPU from the downloads, and the parts go
+        # to disk as they are; an object store gets the fastest zstd (fewer bytes to PUT).
+        stored = zst_stored(parts) if storage.local else None
+        interim = _prepare_index(storage, subdir, parts, job, level=1, zst=stored)
+        del parts, stored
     if as_is is not None:
         return interim, None
     try:
@@ -749,22 +753,21 @@ def _prepare_as_is(
 def _prepare_index(
     storage: Storage,
     subdir: str,
-    data: bytes,
+    data: bytes | list[bytes | memoryview],
     job: MirrorJob,
     level: int | None = None,
-    zst: bytes | None = None,
+    zst: bytes | list[bytes | memoryview] | None = None,
 ) -> Prepared:
     """.zst first, then .json (clients prefer .zst); zstd runs in its own thread while the
-    JSON temp file is written. `zst` is that .zst already made (upstream's)."""
+    JSON temp file is written. `zst` is that .zst already made (upstream's, or stored)."""
     with ThreadPoolExecutor(2) as pool:
-        compressed = zst or pool.submit(
-            compress_zst, data, level or job.zstd_level or DEFAULT_ZSTD, 0 if level else 2
+        compressed: Data = zst or pool.submit(
+            compress_zst, joined(data), level or job.zstd_level or DEFAULT_ZSTD, 0 if level else 2
         )
-        files: list[tuple[str, bytes | Future[bytes]]] = [
-            (f"{subdir}/repodata.json.zst", compressed)
-        ]
+        files: list[tuple[str, Data]] = [(f"{subdir}/repodata.json.zst", compressed)]
         if job.bz2:
-            files.append((f"{subdir}/repodata.json.bz2", pool.submit(bz2.compress, data, 9)))
+            bz = pool.submit(bz2.compress, joined(data), 9)
+            files.append((f"{subdir}/repodata.json.bz2", bz))
         files.append((f"{subdir}/repodata.json", data))
         return storage.prepare(files, staged=True)
 

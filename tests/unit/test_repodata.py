@@ -18,6 +18,7 @@ from condasync.repodata import (
     parse_repodata,
     partition_records,
     publishable,
+    zst_stored,
 )
 
 GOOD = {"name": "a", "version": "1", "build": "0", "size": 3, "sha256": "a" * 64}
@@ -172,3 +173,21 @@ def test_parse_index_one_pass_and_general_path_agree() -> None:
     assert set(index.lite) == {"a-1-0.tar.bz2", "b-1-0.conda"}
     assert set(index.rejected) == {"d-1-0.conda"}
     assert "d-1-0.conda" in index  # still listed raw; the engine never publishes it
+
+
+@pytest.mark.parametrize("size", [0, 1, 128 * 1024, 128 * 1024 + 1, 3 * 128 * 1024, 1_000_003])
+def test_stored_zst_is_a_frame_every_reader_takes(size: int) -> None:
+    """The interim index's .zst: raw blocks, split anywhere across the parts it is given."""
+    import random
+
+    import zstandard
+
+    data = random.Random(size).randbytes(size)
+    cuts = sorted(random.Random(1).sample(range(size + 1), min(5, size + 1)))
+    parts: list[bytes | memoryview] = [
+        memoryview(data)[a:b] for a, b in zip([0, *cuts], [*cuts, size], strict=True)
+    ]
+    frame = b"".join(zst_stored(parts))
+    assert decompress_zst(frame) == data
+    assert zstandard.ZstdDecompressor().decompress(frame) == data  # reads the declared size
+    assert len(frame) < size + 16 + 3 * (size // (128 * 1024) + 1)  # stored, not inflated
