@@ -516,7 +516,10 @@ async def _sync_changed(
         clock = report.timed("interim", clock)
     elif interim is not None:
         interim.discard()
-    mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
+    if storage.local:  # renames: one thread does them all (a hand-off each costs more)
+        mtimes = await asyncio.to_thread(lambda: [f.commit() for f in staged.values()])
+    else:  # object-store requests: side by side
+        mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
     for filename, mtime_ns in zip(staged, mtimes, strict=True):
         record = wanted[filename]
         done[filename] = FileState(record.size, record.digest, mtime_ns)
