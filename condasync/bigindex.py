@@ -38,6 +38,9 @@ class Lite(msgspec.Struct, gc=False):
         return f"md5:{self.md5}"
 
 
+# Past this many records, one raw pass over the document is cheaper than finding each in it
+# (600k-record index: 3,000 located in 0.19 s, 100,000 in 1.17 s; the raw pass 0.5-0.6 s).
+LOCATE_MAX = 20_000
 _TOP_KEYS = frozenset({"info", "packages", "packages.conda", "removed", "repodata_version"})
 _raw_section = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _lite_section = msgspec.json.Decoder(dict[str, Lite])
@@ -121,10 +124,10 @@ class Index:
         return None
 
     def records(self, filenames: AbstractSet[str]) -> dict[str, bytes | msgspec.Raw]:
-        """The JSON of these listed, typed records: cut from the document when every one of
-        them lines up there with its typed view (and `spans` then says where), else from
-        the parsed sections."""
-        if self._sections is None and filenames:
+        """The JSON of these listed, typed records: cut from the document when there are not
+        too many and every one of them lines up there with its typed view (`spans` then says
+        where), else from the parsed sections."""
+        if self._sections is None and 0 < len(filenames) <= LOCATE_MAX:
             spans = locate(self.body, self.order, filenames)
             if spans is not None and spans.keys() == filenames:
                 found = {fn: self.body[s.value : s.end] for fn, s in spans.items()}

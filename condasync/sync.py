@@ -716,6 +716,8 @@ def _prepare_indexes(
         # It is live only while the replaced files are moved in. On a local disk its .zst
         # is stored, not compressed, so it takes no CPU from the downloads, and the parts go
         # to disk as they are; an object store gets the fastest zstd (fewer bytes to PUT).
+        if not storage.local:
+            parts = [joined(parts)]  # compressed and uploaded whole: join once
         stored = zst_stored(parts) if storage.local else None
         interim = _prepare_index(storage, subdir, parts, job, level=1, zst=stored)
         del parts, stored

@@ -135,3 +135,18 @@ def test_name_as_a_string_value_is_not_taken_for_its_key() -> None:
         parts = cut(data, index.spans, skip)
         assert parts is not None
         assert json.loads(b"".join(parts)) == _without(doc, skip)
+
+
+def test_many_records_take_the_whole_document_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past LOCATE_MAX, finding each record costs more than one raw pass (measured)."""
+    import condasync.bigindex as bigindex
+
+    data = FORMATS["compact"](_doc(3, 3))
+    index = parse_index(data, "noarch")
+    monkeypatch.setattr(bigindex, "LOCATE_MAX", 2)
+    names = {"p0-1.0-0.conda", "p1-1.0-0.conda", "p2-1.0-0.conda"}
+    found = index.records(names)
+    assert index.spans == {} and index._sections is not None
+    assert {fn: json.loads(bytes(raw)) for fn, raw in found.items()} == {
+        fn: _rec(int(fn[1])) for fn in names
+    }
