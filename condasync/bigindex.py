@@ -9,6 +9,7 @@ publishes upstream's document as it is, parses 600k records once, into the typed
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
@@ -18,6 +19,13 @@ import msgspec
 from condasync.cut import Span, locate
 from condasync.models import PACKAGE_KEYS, Record
 from condasync.repodata import check_record, gc_paused
+
+
+class _Decoded(threading.local):
+    count = 0  # Lite views decoded in this thread (see Lite.__post_init__)
+
+
+_decoded = _Decoded()
 
 
 class Lite(msgspec.Struct, gc=False):
@@ -30,6 +38,11 @@ class Lite(msgspec.Struct, gc=False):
     size: int
     sha256: str | None = None
     md5: str | None = None
+
+    def __post_init__(self) -> None:
+        # Counted so that a key listed twice shows: a dict keeps one of the two records
+        # msgspec decoded (about 0.06 s on 600k records).
+        _decoded.count += 1
 
     @property
     def digest(self) -> str:
@@ -98,6 +111,7 @@ class Index:
         self.removed: list[Any] = []
         self.version: int | None = None
         self.spans: dict[str, Span] = {}  # entries located in `body` (see records)
+        self.unique = False  # every package key is listed once (known after the fast parse)
         self._sections = sections
         self._extra = extra
 
@@ -127,7 +141,7 @@ class Index:
         """The JSON of these listed, typed records: cut from the document when there are not
         too many and every one of them lines up there with its typed view (`spans` then says
         where), else from the parsed sections."""
-        if self._sections is None and 0 < len(filenames) <= LOCATE_MAX:
+        if self._sections is None and self.unique and 0 < len(filenames) <= LOCATE_MAX:
             spans = locate(self.body, self.order, filenames)
             if spans is not None and spans.keys() == filenames:
                 found = {fn: self.body[s.value : s.end] for fn, s in spans.items()}
@@ -214,16 +228,22 @@ def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
     """One pass into the typed views; None unless every record has one (the general path
     then finds which do not)."""
     try:
+        _decoded.count = 0
         doc = _lite_doc.decode(data)
     except msgspec.ValidationError:
         return None
     top = {"info": doc.info, "removed": doc.removed, "repodata_version": doc.repodata_version}
     order = {"packages": list(doc.packages or ()), "packages.conda": list(doc.conda or ())}
+    listed = sum(len(names) for names in order.values())
     # fill the larger (.conda) dict with the smaller; a name in both sections (a hostile
     # index) keeps its "packages" view, the record `Index.raw` returns for it
     views = doc.conda or {}
     views.update(doc.packages or {})
-    return top, Index(data, views, order)
+    index = Index(data, views, order)
+    # a key written twice in a section, or a section written twice, decodes more records
+    # than the dicts keep
+    index.unique = _decoded.count == listed and len(views) == listed
+    return top, index
 
 
 def parse_index(data: bytes, subdir: str) -> Index:

@@ -6,10 +6,15 @@ each record (size and hashes); the few records it must read in full, and the int
 document's own bytes: `locate` finds those records' entries, `cut` drops entries from the
 bytes without encoding anything again.
 
-`locate` walks each section in upstream order and finds an entry's end at the next entry's
-key, so an entry holds exactly one JSON value or the caller's check of it fails (a key
-written twice, a key escaped or hidden in a value: the bytes do not line up). On any doubt
-it returns None, and the caller parses the whole document instead.
+`locate` walks each section in upstream order from the section's first key (found right
+after `"<section>": {`), and finds an entry's end at the next entry's key, so an entry holds
+exactly one JSON value or the caller's check of it fails (an escaped key, a key hidden in a
+value: the bytes do not line up). On any doubt it returns None, and the caller parses the
+whole document instead. A key listed twice is caught before (`bigindex` counts the records
+msgspec decodes). Not caught: a record copied, size and hashes included, into a nested
+object of an earlier record of the same section, as the key of that nested object: the
+walk would take the copy. Only an upstream crafted for it can do that, and then the interim
+index (live while replaced files are moved in) would still list that record.
 """
 
 from __future__ import annotations
@@ -82,14 +87,31 @@ def _object_end(data: bytes, pos: int) -> int:
     return -1
 
 
+def _opens_section(data: bytes, key: int, section: str) -> bool:
+    """Whether the key at `key` directly follows `"<section>": {`."""
+    brace = _last_non_ws(data, key)
+    colon = _last_non_ws(data, brace) if brace >= 0 and data[brace] == _OPEN else -1
+    quote = _last_non_ws(data, colon) if colon >= 0 and data[colon] == _COLON else -1
+    name = b'"' + section.encode() + b'"'
+    return quote >= 0 and data[quote + 1 - len(name) : quote + 1] == name
+
+
 def _section_spans(
     data: bytes, section: str, names: Sequence[str], wanted: AbstractSet[str]
 ) -> list[tuple[str, Span]] | None:
     found: list[tuple[str, Span]] = []
-    start = 0
-    known = -1  # the key position found for the entry after the last one located
-    known_at = -1
-    for i in (i for i, name in enumerate(names) if name in wanted):
+    located = [i for i, name in enumerate(names) if name in wanted]
+    if not located:
+        return found
+    # The walk starts at the section's first key, right after `"<section>": {`: a copy of a
+    # record elsewhere before it (in `info`, say) is never taken for the record.
+    start = _find_key(data, names[0], 0)
+    while start >= 0 and not _opens_section(data, start, section):
+        start = _find_key(data, names[0], start + 1)
+    if start < 0:
+        return None
+    known, known_at = start, 0  # the key position found for the entry after the last located
+    for i in located:
         key = known if known_at == i else _find_key(data, names[i], start)
         if key < 0:
             return None

@@ -686,8 +686,9 @@ def _kept_removed_records(
 
 
 def _publishable_as_is(index: Index, subdir: str) -> bool:
-    """Upstream's document needs none of our changes (a base_url to drop, a subdir to set)."""
-    return index.info.get("subdir") == subdir and "base_url" not in index.info
+    """Upstream's document needs none of our changes (a base_url to drop, a subdir to set, a
+    key listed twice, which clients may read either way)."""
+    return index.unique and index.info.get("subdir") == subdir and "base_url" not in index.info
 
 
 def _prepare_indexes(

@@ -223,6 +223,31 @@ def test_index_published_as_upstream_wrote_it(real_channel, tmp_path, run_cli):
         assert_consistent(mirror)
 
 
+def test_a_key_listed_twice_upstream_is_published_once(real_channel, tmp_path, run_cli):
+    """A (buggy) upstream lists a package twice in a section, the copies apart. Clients may read
+    such a document either way, so it is not published as it is: the mirror's index lists the
+    package once, with the record msgspec and json.loads keep (the last)."""
+    real_channel.write()
+    path = real_channel.root / "noarch" / "repodata.json"
+    doc = json.loads(path.read_bytes())
+    key = max(("packages", "packages.conda"), key=lambda k: len(doc.get(k) or {}))
+    section = doc[key]
+    assert len(section) >= 2
+    name = next(iter(section))
+    entries = [f"{json.dumps(fn)}: {json.dumps(record)}" for fn, record in section.items()]
+    entries.append(entries[0])  # the same record again, after the others
+    rest = json.dumps({k: v for k, v in doc.items() if k != key})
+    path.write_text(f"{rest[:-1]}, {json.dumps(key)}: {{{', '.join(entries)}}}}}")
+    assert path.read_text().count(json.dumps(name) + ":") == 2
+    mirror = tmp_path / "mirror"
+    with ChannelServer(real_channel.root) as server:
+        ok(run_cli(*mirror_args(server.url, mirror, "-s", "noarch", subdirs=False)))
+    published = (mirror / "noarch" / "repodata.json").read_text()
+    assert published.count(json.dumps(name) + ":") == 1
+    assert json.loads(published)[key][name] == section[name]
+    assert_consistent(mirror)
+
+
 def test_generated_channel_with_md5_only_record(gen_channel: Channel, serve, mirror_dir, run_cli):
     gen_channel.add("linux-64", "md5only-1.0-0.tar.bz2", b"x" * 1000, sha256=...)
     gen_channel.add("linux-64", "both-1.0-0.conda", b"y" * 1000)

@@ -150,3 +150,51 @@ def test_many_records_take_the_whole_document_parse(monkeypatch: pytest.MonkeyPa
     assert {fn: json.loads(bytes(raw)) for fn, raw in found.items()} == {
         fn: _rec(int(fn[1])) for fn in names
     }
+
+
+def test_a_key_listed_twice_apart_or_a_section_listed_twice_is_not_located() -> None:
+    """The copies need not be neighbours: msgspec decodes both and keeps one; the count of
+    records it decoded gives that away, and nothing is then taken from the bytes."""
+    a, b = _rec(0), _rec(1)
+    apart = (
+        '{"info":{"subdir":"noarch"},"packages.conda":{'
+        f'"a-1-0.conda":{json.dumps(a)},"b-1-0.conda":{json.dumps(b)},"a-1-0.conda":{json.dumps(a)}'
+        "}}"
+    ).encode()
+    twice = (
+        f'{{"packages.conda":{{"a-1-0.conda":{json.dumps(a)}}},'
+        f'"packages.conda":{{"a-1-0.conda":{json.dumps(a)}}}}}'
+    ).encode()
+    for data in (apart, twice):
+        index = parse_index(data, "noarch")
+        assert not index.unique
+        _refused(data, {"a-1-0.conda"})
+    assert parse_index(FORMATS["compact"](_doc(2, 2)), "noarch").unique
+
+
+@pytest.mark.parametrize("where", ["info", "zz_unknown_first"])
+def test_a_copy_of_a_record_before_its_section_is_not_taken_for_it(where: str) -> None:
+    """A copy under another top-level key (hashes and all) comes before the section: the walk
+    starts at the section's own first key."""
+    doc = _doc(0, 3)
+    records = doc["packages.conda"]
+    assert isinstance(records, dict)
+    decoy = {
+        "p0-1.0-0.conda": records["p0-1.0-0.conda"],  # the section's first key: a false start
+        "p1-1.0-0.conda": records["p1-1.0-0.conda"],
+        "p2-1.0-0.conda": {"size": 1},
+    }
+    if where == "info":
+        doc["info"] = {"subdir": "noarch", **decoy}
+    else:
+        doc = {where: decoy, **doc}
+    data = json.dumps(doc).encode()  # the decoy is written before "packages.conda"
+    assert data.index(b'"p1-1.0-0.conda"') < data.index(b'"packages.conda"')
+    index = parse_index(data, "noarch")
+    skip = {"p1-1.0-0.conda", "p2-1.0-0.conda"}
+    found = index.records(skip)
+    assert index.spans.keys() == skip
+    assert {fn: json.loads(body) for fn, body in found.items()} == {fn: records[fn] for fn in skip}
+    parts = cut(data, index.spans, skip)
+    assert parts is not None
+    assert json.loads(b"".join(parts)) == _without(doc, skip)
