@@ -10,11 +10,9 @@ bytes without encoding anything again.
 after `"<section>": {`), and finds an entry's end at the next entry's key, so an entry holds
 exactly one JSON value or the caller's check of it fails (an escaped key, a key hidden in a
 value: the bytes do not line up). On any doubt it returns None, and the caller parses the
-whole document instead. A key listed twice is caught before (`bigindex` counts the records
-msgspec decodes). Not caught: a record copied, size and hashes included, into a nested
-object of an earlier record of the same section, as the key of that nested object: the
-walk would take the copy. Only an upstream crafted for it can do that, and then the interim
-index (live while replaced files are moved in) would still list that record.
+whole document instead. The caller locates only in a document whose every "{" opens the
+root, `info`, a section or a record, and whose keys are each listed once (`bigindex` checks
+both): a copy of a record, which is an object, cannot then hide anywhere else in the bytes.
 """
 
 from __future__ import annotations
@@ -55,7 +53,10 @@ def _last_non_ws(data: bytes, pos: int) -> int:
 
 
 def _find_key(data: bytes, filename: str, start: int) -> int:
-    """The first `"filename"` at or after `start` that is followed by a colon; -1 if none."""
+    """The first `"filename"` at or after `start` that is followed by a colon; -1 if none
+    (and for a name JSON would escape, which is then not written as it is here)."""
+    if '"' in filename or "\\" in filename:
+        return -1
     needle = b'"' + filename.encode() + b'"'
     pos = data.find(needle, start)
     while pos >= 0:

@@ -687,8 +687,13 @@ def _kept_removed_records(
 
 def _publishable_as_is(index: Index, subdir: str) -> bool:
     """Upstream's document needs none of our changes (a base_url to drop, a subdir to set, a
-    key listed twice, which clients may read either way)."""
-    return index.unique and index.info.get("subdir") == subdir and "base_url" not in index.info
+    key or `info` listed twice, which clients may read either way)."""
+    return (
+        index.info.get("subdir") == subdir
+        and "base_url" not in index.info
+        and index.unique
+        and index.info_once()
+    )
 
 
 def _prepare_indexes(

@@ -248,6 +248,26 @@ def test_a_key_listed_twice_upstream_is_published_once(real_channel, tmp_path, r
     assert_consistent(mirror)
 
 
+def test_an_info_listed_twice_upstream_loses_its_base_url(real_channel, tmp_path, run_cli):
+    """An upstream writes `info` twice, the first with a base_url (pointing clients at
+    upstream's files). Parsers keep the last; the mirror's index must hold no base_url at all,
+    so it is written again, not published as it is."""
+    real_channel.write()
+    path = real_channel.root / "noarch" / "repodata.json"
+    doc = json.loads(path.read_bytes())
+    rest = json.dumps({k: v for k, v in doc.items() if k != "info"})
+    first = json.dumps({"subdir": "noarch", "base_url": "https://upstream.invalid/files"})
+    path.write_text(f'{{"info": {first}, "info": {json.dumps(doc["info"])}, {rest[1:]}')
+    assert json.loads(path.read_bytes())["info"] == doc["info"]
+    mirror = tmp_path / "mirror"
+    with ChannelServer(real_channel.root) as server:
+        ok(run_cli(*mirror_args(server.url, mirror, "-s", "noarch", subdirs=False)))
+    published = (mirror / "noarch" / "repodata.json").read_text()
+    assert "base_url" not in published and "upstream.invalid" not in published
+    assert json.loads(published)["info"]["subdir"] == "noarch"
+    assert_consistent(mirror)
+
+
 def test_generated_channel_with_md5_only_record(gen_channel: Channel, serve, mirror_dir, run_cli):
     gen_channel.add("linux-64", "md5only-1.0-0.tar.bz2", b"x" * 1000, sha256=...)
     gen_channel.add("linux-64", "both-1.0-0.conda", b"y" * 1000)

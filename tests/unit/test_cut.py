@@ -16,7 +16,7 @@ from condasync.cut import cut
 
 def _rec(i: int, **extra: object) -> dict[str, object]:
     return {"name": f"p{i}", "version": "1.0", "build": "0", "build_number": 0,
-            "depends": [f"dep{i} >=1", "x {}[]\\\""], "sha256": f"{i:064x}", "size": 100 + i,
+            "depends": [f"dep{i} >=1", "x []:,\\\""], "sha256": f"{i:064x}", "size": 100 + i,
             **extra}  # fmt: skip
 
 
@@ -173,9 +173,9 @@ def test_a_key_listed_twice_apart_or_a_section_listed_twice_is_not_located() -> 
 
 
 @pytest.mark.parametrize("where", ["info", "zz_unknown_first"])
-def test_a_copy_of_a_record_before_its_section_is_not_taken_for_it(where: str) -> None:
-    """A copy under another top-level key (hashes and all) comes before the section: the walk
-    starts at the section's own first key."""
+def test_a_copy_of_a_record_elsewhere_is_not_taken_for_it(where: str) -> None:
+    """A copy under another top-level key (hashes and all), before the section or after it:
+    it adds a "{" the document's structure does not account for, so nothing is located."""
     doc = _doc(0, 3)
     records = doc["packages.conda"]
     assert isinstance(records, dict)
@@ -190,11 +190,104 @@ def test_a_copy_of_a_record_before_its_section_is_not_taken_for_it(where: str) -
         doc = {where: decoy, **doc}
     data = json.dumps(doc).encode()  # the decoy is written before "packages.conda"
     assert data.index(b'"p1-1.0-0.conda"') < data.index(b'"packages.conda"')
+    _refused(data, {"p1-1.0-0.conda", "p2-1.0-0.conda"})
+    assert not parse_index(data, "noarch").plain
+
+
+def _entries(names: list[str], escape: str = "") -> str:
+    """A packages.conda section of records 0..n; the key `escape` written with \\u002e."""
+    out = []
+    for i, name in enumerate(names):
+        key = json.dumps(name)
+        if name == escape:
+            key = key.replace(".conda", "\\u002econda")
+        out.append(f"{key}:{json.dumps(_rec(i))}")
+    return "{" + ",".join(out) + "}"
+
+
+N = [f"p{i}-1.0-0.conda" for i in range(4)]
+EVIL = json.dumps(_rec(1, depends=["evil"]))  # the size and hashes of record 1
+REAL = json.dumps(_rec(2))
+FAKE = f'"{N[0]}":{json.dumps(_rec(0))},"{N[1]}":{EVIL}'  # a fake section's entries
+NESTED = f'"build_number": 0, "x": {{"a": 1, "{N[2]}": {REAL}, "{N[3]}": 1}}'
+HOSTILE = {
+    # a fake section, in info, before the real one
+    "fake section in info": (
+        f'{{"info":{{"subdir":"noarch","packages.conda":{{{FAKE}}}}},"packages":{{}},'
+        f'"packages.conda":{_entries(N)}}}',
+        N[0],  # the copy of record 0 is exact: the cut would drop it from info instead
+    ),
+    # the real key escaped, a copy after the section (or in an info written after it)
+    "escaped key, copy after": (
+        f'{{"info":{{"subdir":"noarch"}},"packages.conda":{_entries(N, N[2])},'
+        f'"zz":{{"a":1,"{N[2]}":{REAL},"{N[3]}":1}}}}',
+        N[2],
+    ),
+    "escaped key, copy in a later info": (
+        f'{{"packages.conda":{_entries(N, N[2])},'
+        f'"info":{{"subdir":"noarch","a":1,"{N[2]}":{REAL},"{N[3]}":1}}}}',
+        N[2],
+    ),
+    # the real section's name escaped, a fake one in info
+    "escaped section, fake in info": (
+        f'{{"info":{{"subdir":"noarch","packages.conda":{{{FAKE}}}}},'
+        f'"packages\\u002econda":{_entries(N)}}}',
+        N[0],
+    ),
+    # a copy nested in an earlier record of the same section
+    "copy nested in an earlier record": (
+        '{"info":{"subdir":"noarch"},"packages.conda":'
+        + _entries(N).replace('"build_number": 0', NESTED, 1)
+        + "}",
+        N[2],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_document_is_read_by_the_whole_parse(case: str) -> None:
+    """Documents built so that the first key found in the bytes is a decoy: nothing is
+    located, and the records read are those a JSON parser reads."""
+    text, name = HOSTILE[case]
+    data = text.encode()
+    truth = json.loads(data)["packages.conda"]
     index = parse_index(data, "noarch")
-    skip = {"p1-1.0-0.conda", "p2-1.0-0.conda"}
-    found = index.records(skip)
-    assert index.spans.keys() == skip
-    assert {fn: json.loads(body) for fn, body in found.items()} == {fn: records[fn] for fn in skip}
-    parts = cut(data, index.spans, skip)
-    assert parts is not None
-    assert json.loads(b"".join(parts)) == _without(doc, skip)
+    assert not index.plain
+    found = index.records({name})
+    assert json.loads(bytes(found[name])) == truth[name]
+    assert index.spans == {}
+
+
+def test_a_brace_in_a_string_only_costs_the_whole_parse() -> None:
+    doc = _doc(0, 3)
+    doc["packages.conda"]["p1-1.0-0.conda"]["license"] = "LicenseRef-{x}"  # type: ignore[index]
+    data = FORMATS["compact"](doc)
+    index = parse_index(data, "noarch")
+    assert index.unique and not index.plain
+    _refused(data, {"p1-1.0-0.conda"})
+    assert parse_index(FORMATS["compact"](_doc(2, 2)), "noarch").plain
+
+
+def test_a_name_json_escapes_is_not_located() -> None:
+    doc = _doc(0, 3)
+    section = doc["packages.conda"]
+    assert isinstance(section, dict)
+    section['p"1-1.0-0.conda'] = section.pop("p1-1.0-0.conda")
+    data = FORMATS["compact"](doc)
+    assert parse_index(data, "noarch").plain
+    _refused(data, {'p"1-1.0-0.conda'})
+
+
+def test_a_record_nesting_an_object_is_read_by_the_whole_parse() -> None:
+    """anaconda.org's records carry `"binstar": {...}`: not plain, so nothing is located, and
+    `info` (named once, nothing \\u-escaped) still lets the document be published as it is."""
+    doc = _doc(1, 3)
+    binstar = {"channel": "main", "owner_id": "5859", "package_id": "59ea"}
+    doc["packages.conda"]["p1-1.0-0.conda"]["binstar"] = binstar  # type: ignore[index]
+    data = FORMATS["indented"](doc)
+    index = parse_index(data, "noarch")
+    assert index.unique and not index.plain and index.info_once()
+    _refused(data, {"p1-1.0-0.conda", "p2-1.0-0.conda"})
+    twice = data.replace(b'"info":', b'"\\u0069nfo": {"base_url": "x"}, "info":', 1)
+    assert json.loads(twice)["info"] == {"subdir": "noarch"}
+    assert not parse_index(twice, "noarch").info_once()
