@@ -168,6 +168,9 @@ class Index:
             and self.unique
             and 0 < len(filenames) <= LOCATE_MAX
             and self.plain
+            # a record named like a top-level key: its escaped key and the real `info`
+            # object after the section would line up (found by review)
+            and not filenames & _TOP_KEYS
         ):
             spans = locate(self.body, self.order, filenames)
             if spans is not None and spans.keys() == filenames:

@@ -80,6 +80,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=connector,
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
+                # aiohttp pauses reading a socket once 2 x read_bufsize bytes wait (64 KiB by
+                # default); with hashing a block behind, 1 MiB keeps large files streaming
+                # (20 x 100 MB: 3.96 -> 3.77 s and 4.43 -> 3.88 s median, +8 MiB peak)
+                read_bufsize=2**20,
             )
         return self._session
 
