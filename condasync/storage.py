@@ -7,6 +7,7 @@ of validated parts; the backend still refuses anything that would resolve outsid
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import filecmp
@@ -15,7 +16,7 @@ import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -216,20 +217,20 @@ class LocalPrepared:
     def publish(self) -> list[str]:
         """Rename each temp over its target, in the order given, unless the target holds the
         same bytes by now (the check is made here, not when the temp was written, since the
-        target may change in between); returns what changed."""
-        done: list[str] = []
+        target may change in between); returns what changed. The checks come first and the
+        renames back to back (see _rename_back_to_back)."""
+        moves: list[tuple[Path, Path]] = []
         try:
-            while self._pending:
-                tmp, target = self._pending[0]
+            for tmp, target in self._pending:
                 if _same_file(tmp, target):
                     tmp.unlink()
                 else:
-                    os.replace(tmp, target)
-                    done.append(str(target.relative_to(self._root)))
-                self._pending.pop(0)
+                    moves.append((tmp, target))
+            _rename_back_to_back(moves)
         except OSError as exc:
-            raise describe_os_error(exc, self._pending[0][1].name) from None
-        return done
+            raise describe_os_error(exc, exc.filename or "an index file") from None
+        self._pending = []
+        return [str(target.relative_to(self._root)) for _, target in moves]
 
     def discard(self) -> None:
         for tmp, _ in self._pending:
@@ -412,6 +413,33 @@ def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, s
                 hasher.update(chunk)
             size += n
     return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
+
+
+_rename: Callable[[bytes, bytes], int] | None
+try:  # PyDLL: the GIL stays held through each call (see _rename_back_to_back)
+    _rename = ctypes.PyDLL(None, use_errno=True).rename
+except (OSError, AttributeError):  # no C library to load: os.replace, one at a time
+    _rename = None
+
+
+def _rename_back_to_back(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each pair in order, with no other Python thread running in between.
+
+    A subdir's .zst and .json are two renames; a crash between them leaves the two
+    disagreeing until the next run. With os.replace the thread gives up the GIL for each
+    rename and may wait milliseconds to get it back while the event loop runs, which is
+    long enough for a `kill -9` at a random moment to land there (seen in CI). Calling
+    rename(2) with the GIL held makes the gap the two syscalls themselves.
+    """
+    for tmp, target in moves:
+        if _rename is None:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, target.name) from None
+        elif _rename(os.fsencode(tmp), os.fsencode(target)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code), target.name)
 
 
 def _same_file(tmp: Path, target: Path) -> bool:
