@@ -415,11 +415,9 @@ def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, s
     return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
 
 
-_rename: Callable[[bytes, bytes], int] | None
-try:  # PyDLL: the GIL stays held through each call (see _rename_back_to_back)
-    _rename = ctypes.PyDLL(None, use_errno=True).rename
-except (OSError, AttributeError):  # no C library to load: os.replace, one at a time
-    _rename = None
+# rename(2) through PyDLL: the GIL stays held through each call (see _rename_back_to_back).
+# This module is POSIX-only already (fcntl), so the C library is always there.
+_rename: Callable[[bytes, bytes], int] = ctypes.PyDLL(None, use_errno=True).rename
 
 
 def _rename_back_to_back(moves: Sequence[tuple[Path, Path]]) -> None:
@@ -432,12 +430,7 @@ def _rename_back_to_back(moves: Sequence[tuple[Path, Path]]) -> None:
     rename(2) with the GIL held makes the gap the two syscalls themselves.
     """
     for tmp, target in moves:
-        if _rename is None:
-            try:
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise OSError(exc.errno, exc.strerror, target.name) from None
-        elif _rename(os.fsencode(tmp), os.fsencode(target)) != 0:
+        if _rename(os.fsencode(tmp), os.fsencode(target)) != 0:
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code), target.name)
 
