@@ -67,7 +67,7 @@ def _run_one(job: MirrorJob, as_json: bool, quiet: bool) -> MirrorReport:
             report = run_mirror(job, listener)
     if report.error:
         print(f"error: {report.error}", file=sys.stderr)
-    if not as_json:
+    if not as_json and report.subdirs:  # no summary of zeros after an error that synced nothing
         if sys.stderr.isatty() and not quiet:
             print_summary(report)
         elif not quiet or report.exit_code:
@@ -135,6 +135,15 @@ def mirror(
             " unchanged keeps upstream's own .zst].",
         ),
     ] = None,
+    max_delete: Annotated[
+        float | None,
+        typer.Option(
+            "--max-delete",
+            metavar="PCT",
+            help="Refuse to delete more than PCT percent of a subdir's packages in one run"
+            " (an empty or truncated upstream index) \\[default: 50; 100 allows any shrink].",
+        ),
+    ] = None,
     s3_endpoint: S3Endpoint = None,
     s3_force_path_style: S3PathStyle = False,
     s3_no_lock: Annotated[
@@ -178,11 +187,16 @@ def mirror(
                 retries=retries if retries is not None else table.get("retries", 3),
                 zstd_level=zstd_level if zstd_level is not None else table.get("zstd_level"),
                 repair=repair,
+                max_delete=float(
+                    max_delete if max_delete is not None else table.get("max_delete", 50)
+                ),
                 s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
             )
             level = job.zstd_level
             if job.jobs < 1 or job.retries < 0 or not (level is None or 1 <= level <= 22):
                 raise UsageError("--jobs must be >= 1, --retries >= 0, --zstd-level 1..22")
+            if not 0 <= job.max_delete <= 100:
+                raise UsageError("--max-delete must be a percentage from 0 to 100")
             jobs_list.append(job)
     except CondasyncError as exc:
         print(f"error: {exc}", file=sys.stderr)

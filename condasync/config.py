@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
-KEYS = {
+KEYS: dict[str, type | tuple[type, ...]] = {
     "url": str,
     "dir": str,
     "subdirs": list,
@@ -27,11 +27,13 @@ KEYS = {
     "bz2": bool,
     "retries": int,
     "zstd_level": int,
+    "max_delete": (int, float),
 }
 
 
 def load_config(path: Path) -> list[dict[str, Any]]:
-    """Read and check the `[[mirror]]` tables. Relative paths resolve from the working directory."""
+    """Read and check the `[[mirror]]` tables. Relative paths resolve from the config file's
+    folder."""
     try:
         doc = tomllib.loads(path.read_text())
     except OSError as exc:
@@ -48,13 +50,27 @@ def load_config(path: Path) -> list[dict[str, Any]]:
             expected = KEYS.get(key)
             if expected is None:
                 raise UsageError(f"{where}: unknown key {key!r}")
-            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-                raise UsageError(f"{where}: {key} must be a {expected.__name__}")
+            bool_for_number = expected is not bool and isinstance(value, bool)
+            if not isinstance(value, expected) or bool_for_number:
+                kind = expected.__name__ if isinstance(expected, type) else "number"
+                raise UsageError(f"{where}: {key} must be a {kind}")
         for key in ("url", "dir"):
             if key not in table:
                 raise UsageError(f"{where}: missing {key!r}")
-        jobs.append(dict(table))
+        table = dict(table)
+        for key in ("url", "dir"):
+            table[key] = _resolve(path, table[key])
+        jobs.append(table)
     return jobs
+
+
+def _resolve(config: Path, value: str) -> str:
+    """A relative local path in a config file means relative to that file, not to the
+    working directory (cron and systemd start elsewhere). URLs and s3:// stay as they are."""
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (config.parent / path).resolve())
 
 
 def filters_from(table: dict[str, Any]) -> Filters:

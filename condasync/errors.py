@@ -29,6 +29,10 @@ class UpstreamError(CondasyncError):
     exit_code = EXIT_UPSTREAM
 
 
+class MassDeleteError(UpstreamError):
+    """A run would delete more of a subdir than --max-delete allows; nothing was published."""
+
+
 class LockedError(CondasyncError):
     """Another run holds the lock on the target."""
 

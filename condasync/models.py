@@ -71,6 +71,7 @@ class SubdirReport:
     packages: int = 0
     bytes: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
+    error: str | None = None  # this subdir was not synced (missing upstream, --max-delete)
 
     def timed(self, phase: str, started: float) -> float:
         """Add the time since `started` to a phase; return now, for the next phase."""
@@ -129,6 +130,7 @@ class MirrorReport:
                     "packages": s.packages,
                     "bytes": s.bytes,
                     "timings": s.timings,
+                    "error": s.error,
                 }
                 for s in self.subdirs
             },

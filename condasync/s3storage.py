@@ -440,6 +440,9 @@ class S3Storage:
     def hash(self, relpath: str, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
         return self.hash_object(relpath, algorithms)
 
+    def claim_lock(self) -> None:
+        """The lock object already names its holder (it is written when taken)."""
+
     @contextlib.contextmanager
     def lock(self, enabled: bool = True) -> Iterator[None]:
         """The run lock (see acquire_lock), renewed in the background while held. Disabled

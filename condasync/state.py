@@ -153,3 +153,9 @@ def save_files(
     storage.write_if_changed(
         _delta_path(subdir), msgspec.json.encode(_Delta(state.base_sha256, delta))
     )
+
+
+def mirrored_subdirs(storage: Storage) -> list[str]:
+    """The subdirs an earlier run saved state for (what this target held before)."""
+    suffix = ".meta.json"
+    return sorted(n[: -len(suffix)] for n in storage.listing(STATE_DIR) if n.endswith(suffix))

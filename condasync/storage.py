@@ -15,6 +15,7 @@ import hashlib
 import itertools
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -108,6 +109,7 @@ class Storage(Protocol):
     def listing(self, subdir: str) -> dict[str, tuple[int, int]]: ...
     def hash(self, relpath: str, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]: ...
     def lock(self, enabled: bool = True) -> AbstractContextManager[None]: ...
+    def claim_lock(self) -> None: ...
 
 
 _RUN = uuid.uuid4().hex[:8]  # temp names: this process's tag and a serial number
@@ -254,6 +256,7 @@ class LocalStorage:
         self.local = True
         self._dirs: dict[str, str] = {}  # relpath of a folder -> its checked real path
         self._staging: set[str] = set()
+        self._lock_fd: int | None = None
 
     def path(self, relpath: str) -> Path:
         """safe_join, with the resolved parent folder cached: one lstat per package, not eight."""
@@ -393,11 +396,19 @@ class LocalStorage:
                         f"{self.label} is locked by another condasync run; try again later"
                     ) from None
                 raise
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            self._lock_fd = fd
             yield
         finally:
+            self._lock_fd = None
             os.close(fd)
+
+    def claim_lock(self) -> None:
+        """Write who holds the lock (pid and host) into the lock file, once the run is about
+        to write: a run that ends without writing leaves even the lock file as it was."""
+        fd = self._lock_fd
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
 
 
 def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import bz2
 import dataclasses
+import difflib
 import gc
 import hashlib
 import time
@@ -28,12 +29,15 @@ from condasync.bigindex import Index, Lite, encode_index, parse_index
 from condasync.cut import cut
 from condasync.errors import (
     EXIT_PARTIAL,
+    EXIT_UPSTREAM,
     CondasyncError,
+    MassDeleteError,
     StorageError,
     UpstreamError,
     UsageError,
 )
 from condasync.filters import Filters, include_names, select
+from condasync.indexer import is_package_name
 from condasync.models import Event, FileState, MirrorReport, Plan, SubdirReport
 from condasync.plan import build_plan, changed
 from condasync.repodata import (
@@ -54,6 +58,7 @@ from condasync.state import (
     compact_files,
     load_files,
     load_meta,
+    mirrored_subdirs,
     save_files,
     save_meta,
 )
@@ -96,6 +101,7 @@ class MirrorJob:
     backoff: float = 0.5
     zstd_level: int | None = None  # None: 3, and an index published as is keeps upstream's .zst
     repair: bool = False
+    max_delete: float = 50.0  # percent of a subdir's packages one run may delete
     s3: S3Options = field(default_factory=S3Options)
 
 
@@ -114,6 +120,7 @@ class _Upstream:
     check_files: bool = False  # stat every file in state: something else touched the folder
     timings: dict[str, float] = field(default_factory=dict)
     files_state: FilesState | None = None  # loaded during the fetch, when there is work
+    error: str | None = None  # this subdir is not synced (missing upstream)
 
     def release(self) -> None:
         """Free the index once it is published (before the next subdir's work)."""
@@ -148,6 +155,10 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     except OSError as exc:
         report.error = mask(str(describe_os_error(exc, job.target)), secrets)
         report.exit_code = EXIT_PARTIAL
+    errors = [s.error for s in report.subdirs if s.error]
+    if errors and report.exit_code in (0, EXIT_PARTIAL):
+        report.exit_code = EXIT_UPSTREAM
+        report.error = report.error or mask("; ".join(errors), secrets)
     if report.exit_code == 0 and any(s.failed for s in report.subdirs):
         report.exit_code = 1
     for sub in report.subdirs:
@@ -164,10 +175,13 @@ class _Locker:
         self._storage = storage
         self._enabled = enabled
         self._held: AbstractContextManager[None] | None = None
+        self._claimed = False
 
     def __enter__(self) -> _Locker:
         if self._storage.local and self._enabled:
-            self.ensure()
+            held = self._storage.lock()
+            held.__enter__()
+            self._held = held
         return self
 
     def ensure(self) -> None:
@@ -175,6 +189,9 @@ class _Locker:
             held = self._storage.lock()
             held.__enter__()
             self._held = held
+        if not self._claimed and self._held is not None:
+            self._storage.claim_lock()
+            self._claimed = True
 
     def __exit__(self, *exc: object) -> None:
         if self._held is not None:
@@ -227,28 +244,106 @@ async def _mirror(
     async with client:
         channeldata: bytes | None = None
         subdirs = list(dict.fromkeys(job.subdirs))
+        for subdir in subdirs:
+            if not is_subdir(subdir):
+                raise UsageError(f"invalid subdir {subdir!r}{_suggest_subdir(subdir)}")
         if subdirs and "noarch" not in subdirs:
             subdirs.append("noarch")  # clients reject a channel without it
         if not subdirs:
             channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
-            subdirs = await _discover_subdirs(client, base, channeldata)
-        for subdir in subdirs:
-            if not is_subdir(subdir):
-                raise UsageError(f"invalid subdir {subdir!r}")
+            found = await _discover_subdirs(client, base, channeldata)
+            if not found:
+                raise UpstreamError(
+                    f"no conda channel at {mask_url(job.url)} (no subdirs in channeldata.json,"
+                    f" and no <subdir>/repodata.json(.zst) for any of {len(KNOWN_SUBDIRS)}"
+                    " known subdirs)"
+                )
+            # a subdir we mirrored before and upstream no longer has is an error, not a delete
+            subdirs = sorted(set(found) | set(mirrored_subdirs(storage)) | {"noarch"})
         options = options_hash(job, base)
+        listen(Event("fetching", count=len(subdirs), message=" ".join(subdirs)))
         # Fetch and validate every index before any write: an upstream error leaves the tree as is.
-        upstreams = [await _fetch_upstream(job, client, base, storage, s, options) for s in subdirs]
+        fetched = await asyncio.gather(
+            *(_fetch_upstream(job, client, base, storage, s, options) for s in subdirs)
+        )
+        upstreams = _resolve_missing(job, storage, list(fetched), base)
         changed = any(u.repodata is not None for u in upstreams)
         if changed and channeldata is None:
             channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
         for upstream in upstreams:
             sub = SubdirReport(subdir=upstream.subdir)
             report.subdirs.append(sub)
-            await _sync_subdir(job, client, base, storage, locker, upstream, options, sub, listen)
-            upstream.release()
+            if upstream.error is not None:
+                sub.error = upstream.error
+                listen(Event("error", upstream.subdir, message=upstream.error))
+                continue
+            try:
+                await _sync_subdir(
+                    job, client, base, storage, locker, upstream, options, sub, listen
+                )
+            except MassDeleteError as exc:
+                sub.error = str(exc)
+                listen(Event("error", upstream.subdir, message=str(exc)))
+            finally:
+                upstream.release()
         if not job.dry_run and channeldata is not None and _is_json_object(channeldata):
             locker.ensure()
             storage.write_if_changed("channeldata.json", channeldata)
+
+
+def check_max_delete(
+    job: MirrorJob, subdir: str, deletes: int, held: int, raise_error: bool = True
+) -> bool:
+    """The mass-deletion guard: an empty or truncated upstream index, or a filter changed by
+    mistake, must not empty a mirror. True when the run may go on."""
+    if held == 0 or deletes * 100 <= job.max_delete * held:
+        return True
+    if not raise_error:
+        return False
+    raise MassDeleteError(
+        f"{subdir}: this run would delete {deletes} of {held} packages"
+        f" ({deletes * 100 / held:.0f}%, more than --max-delete {job.max_delete:g}%);"
+        " nothing was published or deleted there. If the shrink is intended, run again"
+        " with --max-delete 100"
+    )
+
+
+def _suggest_subdir(name: str) -> str:
+    close = difflib.get_close_matches(name, KNOWN_SUBDIRS, n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _resolve_missing(
+    job: MirrorJob, storage: Storage, upstreams: list[_Upstream], base: str
+) -> list[_Upstream]:
+    """Decide what a subdir missing upstream means. Never "delete everything": a subdir we
+    hold packages in is an error for that subdir; only a noarch we hold nothing in, beside
+    subdirs upstream does have, is published as an empty index."""
+    present = [u for u in upstreams if not u.fetched.missing]
+    if not present:
+        tried = ", ".join(u.subdir for u in upstreams)
+        raise UpstreamError(
+            f"no conda channel at {mask_url(job.url)} (tried repodata.json.zst and"
+            f" repodata.json for {tried}: all not found)"
+        )
+    for upstream in upstreams:
+        if not upstream.fetched.missing:
+            continue
+        subdir = upstream.subdir
+        if subdir == "noarch" and not _holds_packages(storage, subdir):
+            body = dump_repodata(empty_repodata("noarch"))
+            upstream.fetched.body = body
+            upstream.fetched.sha256 = hashlib.sha256(body).hexdigest()
+            upstream.fetched.missing = False
+            upstream.repodata = parse_index(body, subdir)
+            continue
+        held = "; the packages mirrored before are kept" if upstream.meta else ""
+        upstream.error = f"{subdir}/repodata.json not found upstream (HTTP 404){held}"
+    return upstreams
+
+
+def _holds_packages(storage: Storage, subdir: str) -> bool:
+    return any(is_package_name(fn) for fn in storage.listing(subdir))
 
 
 def _is_json_object(data: bytes) -> bool:
@@ -261,7 +356,8 @@ def _is_json_object(data: bytes) -> bool:
 async def _discover_subdirs(
     client: httpx.AsyncClient, base: str, channeldata: bytes | None
 ) -> list[str]:
-    """Subdirs from channeldata.json, else the known platforms that exist upstream."""
+    """Subdirs from channeldata.json, else the known subdirs that exist upstream (probed side
+    by side). Empty when upstream has no channel at all."""
     if channeldata is not None:
         try:
             listed = orjson.loads(channeldata).get("subdirs")
@@ -269,14 +365,17 @@ async def _discover_subdirs(
             listed = None
         if isinstance(listed, list) and listed:
             found = [s for s in listed if isinstance(s, str) and is_subdir(s)]
-            return sorted(set(found) | {"noarch"})
-    found = ["noarch"]
-    for subdir in KNOWN_SUBDIRS[1:]:
-        for name in INDEX_FILES:
+            if found:
+                return sorted(set(found))
+
+    async def probe(subdir: str) -> bool:
+        for name in INDEX_FILES[::-1]:  # .zst first: most channels have it
             if await fetch.exists(client, join(base, subdir, name)):
-                found.append(subdir)
-                break
-    return found
+                return True
+        return False
+
+    hits = await asyncio.gather(*(probe(s) for s in KNOWN_SUBDIRS))
+    return [s for s, hit in zip(KNOWN_SUBDIRS, hits, strict=True) if hit]
 
 
 async def _fetch_upstream(
@@ -315,11 +414,8 @@ async def _fetch_upstream(
         alongside=load_state if expect_work else None,
     )
     timings = {"fetch": round(time.monotonic() - started, 3)}
-    if fetched.missing:
-        if subdir != "noarch":
-            raise UpstreamError(f"{subdir}/repodata.json not found upstream (HTTP 404)")
-        fetched.body = dump_repodata(empty_repodata("noarch"))
-        fetched.sha256 = hashlib.sha256(fetched.body).hexdigest()
+    if fetched.missing:  # decided once every subdir is fetched (_resolve_missing)
+        return _Upstream(subdir, meta, fetched, None, timings=timings)
     if fetched.unchanged:
         return _Upstream(subdir, meta, fetched, None, timings=timings)
     assert fetched.body is not None
@@ -378,6 +474,14 @@ async def _sync_subdir(
         not job.dry_run
         and not job.filters.active
         and not job.keep_removed
+        and upstream.files_state is not None
+        and check_max_delete(
+            job,
+            subdir,
+            len(upstream.repodata.not_listed(upstream.files_state.files.keys())),
+            len(upstream.files_state.files),
+            raise_error=False,
+        )
         and _publishable_as_is(upstream.repodata, subdir)
     ):
         locker.ensure()
@@ -437,6 +541,7 @@ async def _sync_changed(
             plan, delete=tuple(_copies(plan.delete)), kept_removed=tuple(_copies(plan.kept_removed))
         )
         report.filtered = len(valid) - len(selected)
+        check_max_delete(job, subdir, len(plan.delete), len(local))
         # From here on only the records to fetch need their typed view; drop the rest.
         wanted = {fn: selected[fn] for fn in plan.add + plan.replace}
         # None: every upstream record is published (the common case; no 600k-name set)

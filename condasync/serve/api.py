@@ -132,7 +132,12 @@ def build_api(server: Server) -> FastAPI:
         if server.channel(body.name) is not None:
             raise HTTPException(409, f"channel {body.name!r} exists")
         channel = Channel(
-            body.name, body.private, body.mirror_channel_url.rstrip("/"), body.mirror_mode, body.ttl
+            body.name,
+            body.private,
+            body.mirror_channel_url.rstrip("/"),
+            body.mirror_mode,
+            body.ttl,
+            {"max_delete": body.max_delete},
         )
         try:
             server.db.create_channel(channel, owner_key_id=who.key_id)

@@ -4,9 +4,10 @@ short transaction; the tables are in rows.py, the sync tasks' queries in taskdb.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ class Channel:
     mirror_channel_url: str | None
     mirror_mode: str | None  # "proxy", "mirror", or None for a plain tree without a row
     ttl: int = 600
+    # mirror options kept with the channel (max_delete, ...); compared, never hashed
+    settings: dict[str, Any] = field(default_factory=dict, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +46,7 @@ class Channel:
             "mirror_channel_url": self.mirror_channel_url,
             "mirror_mode": self.mirror_mode,
             "ttl": self.ttl,
+            **self.settings,
         }
 
 
@@ -117,7 +121,10 @@ class Database(TaskQueries):
     def _migrate(self) -> None:
         """Databases made by an earlier version lack the task ownership columns and index."""
         columns = {c["name"] for c in inspect(self.engine).get_columns("tasks")}
+        channel_columns = {c["name"] for c in inspect(self.engine).get_columns("channels")}
         with self.engine.begin() as conn:
+            if "settings" not in channel_columns:
+                conn.execute(text("ALTER TABLE channels ADD COLUMN settings TEXT"))
             if "owner" not in columns:
                 conn.execute(text("ALTER TABLE tasks ADD COLUMN owner VARCHAR(128)"))
                 # No replica of this version runs them: end them before the unique index.
@@ -148,7 +155,10 @@ class Database(TaskQueries):
 
     @staticmethod
     def _channel(row: ChannelRow) -> Channel:
-        return Channel(row.name, row.private, row.mirror_channel_url, row.mirror_mode, row.ttl)
+        settings = json.loads(row.settings) if row.settings else {}
+        return Channel(
+            row.name, row.private, row.mirror_channel_url, row.mirror_mode, row.ttl, settings
+        )
 
     def channels(self) -> list[Channel]:
         with self.session() as s:
@@ -168,6 +178,7 @@ class Database(TaskQueries):
                     mirror_channel_url=channel.mirror_channel_url,
                     mirror_mode=channel.mirror_mode,
                     ttl=channel.ttl,
+                    settings=json.dumps(channel.settings) if channel.settings else None,
                 )
             )
             if owner_key_id is not None:
@@ -188,6 +199,7 @@ class Database(TaskQueries):
             row.mirror_channel_url = channel.mirror_channel_url
             row.mirror_mode = channel.mirror_mode
             row.ttl = channel.ttl
+            row.settings = json.dumps(channel.settings) if channel.settings else None
             s.commit()
 
     def delete_channel(self, name: str) -> bool:

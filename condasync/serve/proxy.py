@@ -233,6 +233,12 @@ class ProxyChannel:
             old.fetched_at, old.error, old.failed_at = now, None, 0.0
             self._save_meta(subdir, old)
             return old
+        if (fetched.missing or fetched.body is None) and old is not None and cached:
+            # A channel that vanished upstream (a wrong URL, a removed subdir) is an upstream
+            # error: the last good snapshot keeps being served, marked stale.
+            old.error, old.failed_at = f"upstream has no {subdir}/repodata.json", now
+            self._save_meta(subdir, old)
+            raise ProxyError(502, old.error)
         if fetched.missing or fetched.body is None:
             if subdir != "noarch":
                 self._missing[subdir] = time.time()  # asked again only after a while

@@ -38,6 +38,7 @@ class ChannelRow(Base):
     mirror_channel_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     mirror_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
     ttl: Mapped[int] = mapped_column(Integer, default=600)
+    settings: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: mirror options
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -23,6 +23,13 @@ class ChannelIn(BaseModel):
     mirror_channel_url: str = Field(examples=["https://conda.anaconda.org/btel"])
     mirror_mode: Literal["proxy", "mirror"]
     ttl: int = Field(600, ge=0, le=10 * 365 * 86400, description="Proxy index TTL in seconds.")
+    max_delete: float = Field(
+        50,
+        ge=0,
+        le=100,
+        description="Mirror channels: a synchronize that would delete more than this percent"
+        " of a subdir's packages fails and changes nothing (100 allows any shrink).",
+    )
 
     @field_validator("mirror_channel_url")
     @classmethod
@@ -41,6 +48,7 @@ class ChannelOut(BaseModel):
         description="null for a plain tree found in DIR without a database row"
     )
     ttl: int
+    max_delete: float = 50
 
 
 class ActionIn(BaseModel):

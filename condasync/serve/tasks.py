@@ -117,6 +117,7 @@ class TaskRunner:
                 MirrorJob(
                     url=channel.mirror_channel_url or "",
                     target=self.store.mirror_target(channel.name),
+                    max_delete=float(channel.settings.get("max_delete", 50)),
                     s3=self.store.s3_options,
                 )
             )

@@ -137,7 +137,15 @@ def test_narrowing_filters_deletes_and_widening_adds(
 ):
     ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
     narrow = run_cli(
-        *mirror_args(channel_server.url, mirror_dir, "--include", "dependent", "--json")
+        *mirror_args(
+            channel_server.url,
+            mirror_dir,
+            "--include",
+            "dependent",
+            "--json",
+            "--max-delete",
+            "100",
+        )
     )
     assert narrow.returncode == 0, str(narrow)
     assert mirrored(mirror_dir) == {

@@ -195,3 +195,35 @@ def test_a_second_s3_run_while_one_publishes_exits_5(
     assert second.returncode == 5, str(second)
     assert "locked" in second.output
     first.kill9()
+
+
+def test_s3_mass_deletion_guard_and_wrong_url_change_nothing(
+    real_channel: Channel, channel_server, serve, tmp_path, s3_server: S3Server, s3_bucket, run_cli
+) -> None:
+    target = f"s3://{s3_bucket}/guard"
+    env = s3_server.env
+    ok(run_cli(*mirror_args(channel_server.url, target), env=env))
+    storage = S3Storage(target, env=env)
+
+    def objects() -> dict[str, tuple[int, int]]:
+        return {o.relpath: (o.size, o.mtime_ns) for o in storage.list()}
+
+    before = objects()
+    empty = tmp_path / "empty-site"
+    empty.mkdir()
+    wrong = serve(empty)
+    result = run_cli(*mirror_args(wrong.url, target, subdirs=False), env=env)
+    ok(result, 3)
+    assert "no conda channel at" in result.stderr
+    assert objects() == before
+    real_channel.docs["noarch"]["packages"] = {}
+    real_channel.docs["noarch"]["packages.conda"] = {}
+    real_channel.write("noarch")
+    result = run_cli(*mirror_args(channel_server.url, target), env=env)
+    ok(result, 3)
+    assert "--max-delete 100" in result.stderr
+    assert {k: v for k, v in objects().items() if k.startswith("noarch/")} == {
+        k: v for k, v in before.items() if k.startswith("noarch/")
+    }
+    ok(run_cli(*mirror_args(channel_server.url, target, "--max-delete", "100"), env=env))
+    assert s3_problems(storage) == []

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import RattlerResult, assert_consistent
+from tests.conftest import Channel, RattlerResult, assert_consistent
+from tests.integration.test_mirror_safety import snapshot
 from tests.serve_support import ServeProcess, start_serve  # noqa: F401
-from tests.servers import FaultServer
+from tests.servers import ChannelServer, FaultServer
 
 ZLIB = "linux-64/zlib-1.2.11-h7b6447c_3.tar.bz2"
 
@@ -86,3 +88,38 @@ def test_scheduled_and_failed_tasks(
     r = c.put("/api/channels/gone/actions", json={"action": "synchronize"}, headers=headers)
     failed = server.wait_task(r.json()["id"])
     assert failed["status"] == "failed" and failed["error"], json.dumps(failed)
+
+
+def test_synchronize_after_upstream_vanished_fails_and_keeps_the_channel(
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    real_channel: Channel,
+    channel_server: ChannelServer,
+) -> None:
+    server = start_serve()
+    c, headers = server.client, server.headers()
+    r = server.create_channel("m", channel_server.url, "mirror")
+    assert r.status_code == 201 and r.json()["max_delete"] == 50, r.text
+
+    def sync() -> dict[str, Any]:
+        r = c.put("/api/channels/m/actions", json={"action": "synchronize"}, headers=headers)
+        return server.wait_task(r.json()["id"])
+
+    assert sync()["status"] == "success"
+    root = server.root / "m"
+    before = snapshot(root)
+    for sub in ("linux-64", "noarch", "osx-64"):  # the channel is gone upstream: 404 everywhere
+        for name in ("repodata.json", "repodata.json.zst"):
+            (real_channel.root / sub / name).unlink(missing_ok=True)
+    failed = sync()
+    assert failed["status"] == "failed" and "no conda channel at" in failed["error"], failed
+    assert snapshot(root) == before
+    assert c.get("/channels/m/noarch/repodata.json").status_code == 200
+    # an emptied index trips the mass-deletion guard, as for `condasync mirror`
+    real_channel.docs["linux-64"]["packages"] = {}
+    real_channel.docs["linux-64"]["packages.conda"] = {}
+    real_channel.write()
+    failed = sync()
+    assert failed["status"] == "failed" and "--max-delete" in failed["error"], failed
+    assert {k: v for k, v in snapshot(root).items() if k.startswith("linux-64")} == {
+        k: v for k, v in before.items() if k.startswith("linux-64")
+    }

@@ -195,3 +195,25 @@ def test_stale_while_revalidate_and_stale_if_error(
         assert "x-condasync-stale" in r.headers
         time.sleep(0.2)
     assert "111" in r.headers["warning"]
+
+
+def test_proxy_keeps_serving_its_indexes_when_upstream_vanishes(
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    real_channel: Channel,
+) -> None:
+    server = start_serve()
+    assert server.create_channel("p", channel_server.url, "proxy", ttl=0).status_code == 201
+    c = server.client
+    first = {sub: c.get(f"/channels/p/{sub}/repodata.json") for sub in ("linux-64", "noarch")}
+    assert all(r.status_code == 200 for r in first.values())
+    for sub in ("linux-64", "noarch", "osx-64"):
+        for name in ("repodata.json", "repodata.json.zst"):
+            (real_channel.root / sub / name).unlink(missing_ok=True)
+    for _ in range(3):  # ttl 0: every request revalidates, and upstream answers 404
+        for sub, r in first.items():
+            again = c.get(f"/channels/p/{sub}/repodata.json")
+            assert again.status_code == 200 and again.content == r.content, sub
+        time.sleep(0.3)
+    stale = c.get("/channels/p/noarch/repodata.json")
+    assert "no noarch/repodata.json" in stale.headers.get("x-condasync-stale", ""), stale.headers
