@@ -14,13 +14,14 @@ import typer
 from condasync import __version__
 from condasync.config import filters_from, load_config
 from condasync.display import PlainListener, RichListener, print_plain_summary, print_summary
+from condasync.engine.filters import Filters, compile_spec, parse_cutoff
+from condasync.engine.job import MirrorJob
+from condasync.engine.sync import run_mirror
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
-from condasync.filters import Filters, compile_spec, parse_cutoff
 from condasync.models import MirrorReport
 from condasync.serve.commands import apikey_app
 from condasync.serve.commands import serve as serve_command
 from condasync.storage import LocalStorage, S3Options, open_storage
-from condasync.sync import MirrorJob, run_mirror
 
 S3Endpoint = Annotated[
     str | None,
@@ -244,7 +245,7 @@ def verify(
     On S3 the check uses object sizes and, where the record's md5 can be compared with a
     plain ETag, the ETag; --deep downloads and hashes every object instead.
     """
-    from condasync.verify import verify_storage, verify_tree
+    from condasync.engine.verify import verify_storage, verify_tree
 
     if target.startswith("s3://"):
         options = S3Options(s3_endpoint, s3_force_path_style or None)
@@ -284,7 +285,7 @@ def index_command(
     ] = False,
 ) -> None:
     """Build <subdir>/repodata.json (+ .zst) from the package files in DIR."""
-    from condasync.indexer import index_tree
+    from condasync.engine.indexer import index_tree
 
     report = _run_on_tree(target, lambda: index_tree(target, subdirs=subdir or None))
     doc = report.to_dict()

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from condasync.engine.filters import Filters
 from condasync.errors import UsageError
-from condasync.filters import Filters
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -14,7 +14,6 @@ from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
 
 from condasync import __version__
-from condasync.serve.app import ChannelFiles, Server
 from condasync.serve.catalog import channel_subdirs, read_indexes, read_json
 from condasync.serve.db import Channel, ChannelExists
 from condasync.serve.packages import list_packages
@@ -41,6 +40,7 @@ from condasync.serve.schemas import (
     TaskOut,
     err,
 )
+from condasync.serve.server import ChannelFiles, Server
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 

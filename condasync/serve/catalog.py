@@ -9,14 +9,13 @@ from typing import Any
 import orjson
 from fastapi import HTTPException
 
-from condasync import fetch
-from condasync.repodata import parse_repodata
-from condasync.serve.app import Server
+from condasync.channel.repodata import KNOWN_SUBDIRS, parse_repodata
+from condasync.channel.urls import join
+from condasync.engine import fetch
 from condasync.serve.db import Channel
 from condasync.serve.proxy import ProxyError
+from condasync.serve.server import Server
 from condasync.serve.store import LocalChannels, S3Channels
-from condasync.sync import KNOWN_SUBDIRS
-from condasync.urls import join
 
 
 async def channel_subdirs(server: Server, channel: Channel) -> list[str]:

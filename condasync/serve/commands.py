@@ -145,8 +145,9 @@ def _run(
 ) -> None:
     import uvicorn
 
-    from condasync.serve.app import App, Server
+    from condasync.serve.app import App
     from condasync.serve.db import Database
+    from condasync.serve.server import Server
     from condasync.serve.store import LocalChannels, S3Channels
 
     assert isinstance(database, Database)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote
 
-from condasync.repodata import is_subdir
+from condasync.channel.repodata import is_subdir
 
 CHANNEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # What a decoded segment may hold: every conda filename and index name fits, and nothing that

@@ -25,9 +25,7 @@ from urllib.parse import urljoin
 import httpx
 import orjson
 
-from condasync import fetch
-from condasync.errors import CondasyncError, LockedError, StorageError, UpstreamError
-from condasync.repodata import (
+from condasync.channel.repodata import (
     compress_zst,
     digest_of,
     dump_repodata,
@@ -35,13 +33,15 @@ from condasync.repodata import (
     parse_repodata,
     partition_records,
 )
-from condasync.s3storage import S3Storage
+from condasync.channel.urls import join
+from condasync.engine import fetch
+from condasync.errors import CondasyncError, LockedError, StorageError, UpstreamError
 from condasync.serve.files import CHUNK, Headers, Scope, Send, send_text
 from condasync.serve.paths import cache_control
 from condasync.serve.store import LocalChannels, S3Channels
 from condasync.serve.stream import Download, relay
 from condasync.storage import STATE_DIR, LocalStorage
-from condasync.urls import join
+from condasync.storage.s3 import S3Storage
 
 PROXY_STATE = "proxy"
 RETRY_FAILED_AFTER = 1.0  # seconds between refresh attempts while upstream keeps failing

@@ -10,12 +10,12 @@ import threading
 from pathlib import Path
 from typing import Protocol
 
-from condasync.repodata import is_subdir
-from condasync.s3storage import S3Storage
+from condasync.channel.repodata import is_subdir
 from condasync.serve.files import Headers, Scope, Send, send_file
 from condasync.serve.paths import is_channel_name
 from condasync.serve.s3files import send_object
 from condasync.storage import STAGING, LocalStorage, S3Options
+from condasync.storage.s3 import S3Storage
 
 
 class ChannelStore(Protocol):

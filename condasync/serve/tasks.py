@@ -1,5 +1,5 @@
 """Sync tasks for mirror channels: one background thread per channel runs the mirror engine
-(`condasync.sync.run_mirror`, the same code path as `condasync mirror`), honouring `start_at`
+(`condasync.engine.sync.run_mirror`, the same code path as `condasync mirror`), honouring `start_at`
 and `repeat_every_seconds`, and records status and report in the database.
 
 Several replicas may share the database. A channel has at most one pending or running task (a
@@ -14,9 +14,10 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
+from condasync.engine.job import MirrorJob
+from condasync.engine.sync import run_mirror
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
 from condasync.serve.store import ChannelStore
-from condasync.sync import MirrorJob, run_mirror
 
 LOG = logging.getLogger("uvicorn.error")
 HEARTBEAT = STALE_AFTER / 6

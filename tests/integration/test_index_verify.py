@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from condasync.indexer import index_tree
-from condasync.verify import verify_tree
+from condasync.engine.indexer import index_tree
+from condasync.engine.verify import verify_tree
 from tests.conftest import REAL_CHANNEL, REAL_SUBDIRS, CliResult, RattlerResult
 from tests.servers import ChannelServer
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import zstandard
 
-from condasync.s3storage import S3Storage
+from condasync.storage.s3 import S3Storage
 from tests.conftest import Channel, CliResult, mirror_args, ok, wait_for
 from tests.realservers import S3Proxy, S3Server
 

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from condasync.errors import EXIT_UPSTREAM, LockedError
-from condasync.s3storage import (
+from condasync.storage import SafetyError
+from condasync.storage.s3 import (
     MIN_PART_SIZE,
     ConditionalWriteUnsupported,
     S3AccessError,
     S3Storage,
     parse_s3_url,
 )
-from condasync.storage import SafetyError
 from tests.realservers import S3Proxy, S3Server
 from tests.servers import free_port
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import zstandard
 
-from condasync.s3storage import S3Storage
+from condasync.storage.s3 import S3Storage
 from tests.conftest import Channel, RattlerResult, mirror_args, ok
 from tests.realservers import S3Server
 from tests.serve_support import ServeProcess, start_serve  # noqa: F401

@@ -10,8 +10,8 @@ import random
 
 import pytest
 
-from condasync.bigindex import parse_index
-from condasync.cut import cut
+from condasync.channel.bigindex import parse_index
+from condasync.channel.cut import cut
 
 
 def _rec(i: int, **extra: object) -> dict[str, object]:
@@ -139,7 +139,7 @@ def test_name_as_a_string_value_is_not_taken_for_its_key() -> None:
 
 def test_many_records_take_the_whole_document_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past LOCATE_MAX, finding each record costs more than one raw pass (measured)."""
-    import condasync.bigindex as bigindex
+    import condasync.channel.bigindex as bigindex
 
     data = FORMATS["compact"](_doc(3, 3))
     index = parse_index(data, "noarch")
@@ -349,7 +349,7 @@ def _fuzz_document(rng: random.Random) -> str:
 def test_random_hostile_documents_are_read_as_a_json_parser_reads_them() -> None:
     """Located records are the parser's records, a cut drops exactly the cut entries, and a
     document published as it is has no base_url. (60,000 such documents passed by hand.)"""
-    from condasync.sync import _publishable_as_is
+    from condasync.engine.publish import publishable_as_is as _publishable_as_is
 
     located = as_is = 0
     for seed in range(3000):

@@ -7,10 +7,10 @@ from datetime import datetime, timezone
 import msgspec
 import pytest
 
-from condasync.bigindex import Lite
-from condasync.filters import Filters, parse_cutoff, select
+from condasync.channel.bigindex import Lite
+from condasync.engine.filters import Filters, parse_cutoff, select
+from condasync.engine.plan import build_plan
 from condasync.models import FileState
-from condasync.plan import build_plan
 
 NOW = datetime(2026, 6, 1, tzinfo=timezone.utc)
 DAY_MS = 86_400_000

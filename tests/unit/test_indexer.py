@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from condasync.errors import LockedError, UsageError
-from condasync.indexer import (
+from condasync.channel.repodata import decompress_zst
+from condasync.engine.indexer import (
     IndexEvent,
     PackageError,
     hash_file,
@@ -21,9 +21,9 @@ from condasync.indexer import (
     map_in_order,
     read_index_json,
 )
-from condasync.repodata import decompress_zst
+from condasync.engine.verify import verify_tree
+from condasync.errors import LockedError, UsageError
 from condasync.storage import LocalStorage
-from condasync.verify import verify_tree
 
 REAL_CHANNEL = Path(__file__).resolve().parents[1] / "data" / "real-channel"
 SUBDIRS = ("linux-64", "noarch", "osx-64")

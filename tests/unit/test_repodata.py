@@ -7,8 +7,8 @@ from collections.abc import Callable
 import orjson
 import pytest
 
-from condasync.bigindex import Lite, parse_index
-from condasync.repodata import (
+from condasync.channel.bigindex import Lite, parse_index
+from condasync.channel.repodata import (
     check_filename,
     check_record,
     compress_zst,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from condasync.errors import UsageError
-from condasync.s3storage import MIN_PART_SIZE, S3Storage, parse_s3_url
 from condasync.storage import SafetyError
+from condasync.storage.s3 import MIN_PART_SIZE, S3Storage, parse_s3_url
 
 ENV = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-example"}
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from condasync.engine.state import compact_files, load_files, save_files
 from condasync.models import FileState
-from condasync.state import compact_files, load_files, save_files
 from condasync.storage import STATE_DIR, LocalStorage
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from condasync.urls import mask_url, normalize_channel, secrets_of, strip_userinfo
+from condasync.channel.urls import mask_url, normalize_channel, secrets_of, strip_userinfo
 
 
 @pytest.mark.parametrize(

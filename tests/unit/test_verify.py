@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import zstandard
 
+from condasync.engine.verify import KINDS, VerifyReport, verify_tree
 from condasync.errors import UsageError
-from condasync.verify import KINDS, VerifyReport, verify_tree
 
 REAL_CHANNEL = Path(__file__).resolve().parents[1] / "data" / "real-channel"
 SHA_PKG = ("noarch", "dependent-2.0-0.conda")

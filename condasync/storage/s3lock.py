@@ -12,17 +12,32 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import obstore
 import orjson
 from obstore.exceptions import AlreadyExistsError, NotSupportedError, PreconditionError
 
 from condasync.errors import EXIT_USAGE, LockedError, StorageError
-from condasync.storage import STATE_DIR
+from condasync.storage.base import STATE_DIR
 
 if TYPE_CHECKING:
-    from condasync.s3storage import S3Storage
+    from contextlib import AbstractContextManager
+
+    from obstore.store import S3Store
+
+
+class S3Storage(Protocol):
+    """What the lock needs of the bucket backend (storage/s3.py), which imports this module."""
+
+    store: S3Store
+    label: str
+
+    def key(self, relpath: str) -> str: ...
+    def count(self, kind: str, n: int = 1) -> None: ...
+    def translate(self, what: str) -> AbstractContextManager[None]: ...
+    def delete(self, relpath: str) -> None: ...
+
 
 NO_LOCK_FLAG = "--s3-no-lock"
 

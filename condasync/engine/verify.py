@@ -13,29 +13,29 @@ from typing import IO, TYPE_CHECKING, Any
 
 import zstandard
 
-from condasync.errors import UsageError
-from condasync.indexer import (
-    CHUNK,
-    WORKERS,
-    PackageError,
-    is_package_name,
-    map_in_order,
-    read_index_json,
-    scan_files,
-)
-from condasync.models import Record
-from condasync.repodata import (
+from condasync.channel.repodata import (
     check_filename,
     check_record,
     decompress_zst,
     digest_of,
+    is_package_name,
     is_subdir,
     parse_repodata,
 )
+from condasync.engine.indexer import (
+    CHUNK,
+    WORKERS,
+    PackageError,
+    map_in_order,
+    read_index_json,
+    scan_files,
+)
+from condasync.errors import UsageError
+from condasync.models import Record
 from condasync.storage import hash_file
 
 if TYPE_CHECKING:
-    from condasync.s3storage import S3Object, S3Storage
+    from condasync.storage.s3 import S3Object, S3Storage
 
 # Every problem kind verify reports. Any problem makes the report not ok (exit 4).
 KINDS = {

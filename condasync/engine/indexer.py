@@ -17,19 +17,19 @@ from typing import Any, TypeVar
 import orjson
 from conda_package_streaming.package_streaming import stream_conda_info
 
-from condasync.errors import UsageError
-from condasync.models import Event, Record, Repodata
-from condasync.repodata import (
-    EXTENSIONS,
+from condasync.channel.repodata import (
     check_filename,
     check_record,
     compress_zst,
     decompress_zst,
     dump_repodata,
+    is_package_name,
     is_subdir,
     parse_repodata,
     split_filename,
 )
+from condasync.errors import UsageError
+from condasync.models import Event, Record, Repodata
 from condasync.storage import STATE_DIR, LocalStorage
 from condasync.storage import hash_file as hash_file  # re-exported for callers of this module
 
@@ -116,10 +116,6 @@ def scan_files(folder: Path) -> dict[str, tuple[int, int]]:
                 continue  # vanished or dangling: it is simply not there
             found[entry.name] = (st.st_size, st.st_mtime_ns)
     return found
-
-
-def is_package_name(name: str) -> bool:
-    return name.endswith(EXTENSIONS) and not name.startswith(".")
 
 
 # --- building an index ----------------------------------------------------------------------

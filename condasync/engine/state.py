@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 import msgspec
 import orjson
 
+from condasync.channel.repodata import gc_paused
 from condasync.models import FileState
-from condasync.repodata import gc_paused
 from condasync.storage import STATE_DIR, Storage
 
 GENERATION = 2  # bump when the on-disk state format changes: forces a full re-plan (2: delta)

@@ -31,8 +31,20 @@ MAX_SIZE = 64 * 1024**3  # no real conda package comes near this; larger is a ho
 MAX_DECOMPRESSED = 8 * 1024**3
 
 
+KNOWN_SUBDIRS = (
+    "noarch", "linux-64", "linux-aarch64", "linux-ppc64le", "linux-s390x", "linux-armv6l",
+    "linux-armv7l", "linux-32", "linux-riscv64", "osx-64", "osx-arm64", "win-64", "win-32",
+    "win-arm64", "emscripten-wasm32", "wasi-wasm32", "zos-z",
+)  # fmt: skip
+
+
 def is_subdir(name: str) -> bool:
     return bool(SUBDIR_RE.match(name))
+
+
+def is_package_name(name: str) -> bool:
+    """A file that looks like a package (its name is checked in full by check_filename)."""
+    return name.endswith(EXTENSIONS) and not name.startswith(".")
 
 
 def split_filename(filename: str) -> tuple[str, str, str, str] | None:

@@ -25,11 +25,11 @@ from tenacity import (
     wait_exponential,
 )
 
+from condasync.channel.repodata import decompress_zst
+from condasync.channel.urls import join, strip_userinfo
+from condasync.engine.transport import AiohttpTransport
 from condasync.errors import ChecksumMismatch, DownloadError, UpstreamError
-from condasync.repodata import decompress_zst
 from condasync.storage import StagedFile
-from condasync.transport import AiohttpTransport
-from condasync.urls import join, strip_userinfo
 
 T = TypeVar("T")
 CHUNK = 256 * 1024

@@ -1,8 +1,4 @@
-"""Where a mirror writes: one interface, with the local filesystem backend (atomic rename).
-
-Every path handed to a backend is a relative `subdir/filename` (or a top-level file name) made
-of validated parts; the backend still refuses anything that would resolve outside its root.
-"""
+"""The local filesystem backend: staged temp files, atomic renames, and the flock run lock."""
 
 from __future__ import annotations
 
@@ -11,7 +7,6 @@ import ctypes
 import errno
 import fcntl
 import filecmp
-import hashlib
 import itertools
 import os
 import shutil
@@ -19,98 +14,23 @@ import socket
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import BinaryIO
 
-from condasync.errors import LockedError, StorageError, UsageError
-
-if TYPE_CHECKING:
-    from condasync.s3storage import S3Storage
-
-STAGING = ".condasync-tmp"
-HASH_CHUNK = 1024 * 1024
-IN_MEMORY = 1024 * 1024  # staged files up to this size stay in memory until commit
-STATE_DIR = ".condasync"
-
-
-class SafetyError(StorageError):
-    """A path would escape the storage root."""
-
-
-def plain_relpath(relpath: str) -> bool:
-    """A relative path of plain segments: no NUL, no backslash, no leading "/", no empty,
-    "." or ".." segment. Both backends accept nothing else."""
-    if not relpath or "\x00" in relpath or "\\" in relpath or relpath.startswith("/"):
-        return False
-    return all(part not in ("", ".", "..") for part in relpath.split("/"))
-
-
-def safe_join(root: Path, relpath: str) -> Path:
-    """Join relpath under root, refusing anything that escapes it (realpath + commonpath)."""
-    if not plain_relpath(relpath):
-        raise SafetyError(f"refusing unsafe path {relpath!r}")
-    candidate = os.path.realpath(os.path.join(root, relpath))
-    if os.path.commonpath([candidate, str(root)]) != str(root):
-        raise SafetyError(f"refusing path outside the target: {relpath!r}")
-    return Path(candidate)
-
-
-def describe_os_error(exc: OSError, what: str) -> StorageError:
-    if exc.errno == errno.ENOSPC:
-        return StorageError(f"disk full while writing {what}")
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"permission denied writing {what}")
-    return StorageError(f"cannot write {what}: {exc.strerror or exc}")
-
-
-# A file's bytes: whole, in parts written one after the other (never joined in memory), or
-# still being made (a compression running in another thread).
-Data = bytes | list[bytes | memoryview] | Future[bytes]
-
-
-def joined(data: bytes | list[bytes | memoryview]) -> bytes:
-    return data if isinstance(data, bytes) else b"".join(data)
-
-
-class StagedFile(Protocol):
-    """A file being written beside its target; invisible until committed."""
-
-    def write(self, chunk: bytes) -> None: ...
-    def close(self) -> None: ...
-    def commit(self) -> int: ...
-    def discard(self) -> None: ...
-
-
-class Prepared(Protocol):
-    """Files written out in full but not yet visible: publish() puts them in place, in order."""
-
-    def publish(self) -> list[str]: ...
-    def discard(self) -> None: ...
-
-
-class Storage(Protocol):
-    """A mirror target. `local` is True when small writes are cheap enough to do inline and
-    the folder mtime tells whether someone else touched a subdir."""
-
-    label: str
-    local: bool
-
-    def stage(self, relpath: str) -> StagedFile: ...
-    def read(self, relpath: str) -> bytes | None: ...
-    def write_if_changed(self, relpath: str, data: bytes) -> bool: ...
-    def publish(self, files: Sequence[tuple[str, Data]]) -> list[str]: ...
-    def prepare(self, files: Sequence[tuple[str, Data]], staged: bool = False) -> Prepared: ...
-    def delete(self, relpath: str) -> None: ...
-    def stat(self, relpath: str) -> tuple[int, int] | None: ...
-    def open(self, relpath: str) -> BinaryIO: ...
-    def clear_staging(self, subdir: str) -> None: ...
-    def listing(self, subdir: str) -> dict[str, tuple[int, int]]: ...
-    def hash(self, relpath: str, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]: ...
-    def lock(self, enabled: bool = True) -> AbstractContextManager[None]: ...
-    def claim_lock(self) -> None: ...
-
+from condasync.errors import LockedError, UsageError
+from condasync.storage.base import (
+    IN_MEMORY,
+    STAGING,
+    STATE_DIR,
+    Data,
+    SafetyError,
+    StagedFile,
+    describe_os_error,
+    hash_file,
+    plain_relpath,
+    safe_join,
+)
 
 _RUN = uuid.uuid4().hex[:8]  # temp names: this process's tag and a serial number
 _serial = itertools.count()
@@ -411,21 +331,6 @@ class LocalStorage:
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
 
 
-def hash_file(path: Path, algorithms: tuple[str, ...]) -> tuple[int, dict[str, str]]:
-    """Stream a file once in 1 MiB chunks; return (bytes read, {algorithm: hexdigest})."""
-    hashers = [hashlib.new(name) for name in algorithms]
-    size = 0
-    buf = bytearray(HASH_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            chunk = view[:n]
-            for hasher in hashers:
-                hasher.update(chunk)
-            size += n
-    return size, {name: h.hexdigest() for name, h in zip(algorithms, hashers, strict=True)}
-
-
 # rename(2) through PyDLL: the GIL stays held through each call (see _rename_back_to_back).
 # This module is POSIX-only already (fcntl), so the C library is always there.
 _rename: Callable[[bytes, bytes], int] = ctypes.PyDLL(None, use_errno=True).rename
@@ -454,24 +359,3 @@ def _same_file(tmp: Path, target: Path) -> bool:
         )
     except (FileNotFoundError, NotADirectoryError):
         return False
-
-
-@dataclass(frozen=True)
-class S3Options:
-    """What the CLI's --s3-* flags say; the rest comes from the AWS_* environment."""
-
-    endpoint: str | None = None
-    force_path_style: bool | None = None
-    no_lock: bool = False
-
-
-def open_storage(
-    target: str, create: bool = True, s3: S3Options | None = None
-) -> LocalStorage | S3Storage:
-    """A local folder, or `s3://bucket/prefix` (credentials from the AWS_* variables)."""
-    if target.startswith("s3://"):
-        from condasync.s3storage import S3Storage  # obstore loads only when needed
-
-        s3 = s3 or S3Options()
-        return S3Storage(target, endpoint=s3.endpoint, force_path_style=s3.force_path_style)
-    return LocalStorage(Path(target).expanduser(), create=create)

@@ -17,9 +17,9 @@ from typing import Any
 
 import msgspec
 
-from condasync.cut import Span, locate
+from condasync.channel.cut import Span, locate
+from condasync.channel.repodata import check_record, gc_paused
 from condasync.models import PACKAGE_KEYS, Record
-from condasync.repodata import check_record, gc_paused
 
 
 class _Decoded(threading.local):

@@ -31,12 +31,9 @@ from obstore.exceptions import (
 )
 from obstore.store import S3Store
 
-from condasync import s3lock
 from condasync.errors import StorageError, UpstreamError, UsageError
-from condasync.s3lock import NO_LOCK_FLAG as NO_LOCK_FLAG  # re-exported for the CLI
-from condasync.s3lock import ConditionalWriteUnsupported as ConditionalWriteUnsupported
-from condasync.s3lock import S3Lock
-from condasync.storage import (
+from condasync.storage import s3lock
+from condasync.storage.base import (
     HASH_CHUNK,
     Data,
     SafetyError,
@@ -45,6 +42,9 @@ from condasync.storage import (
     joined,
     plain_relpath,
 )
+from condasync.storage.s3lock import NO_LOCK_FLAG as NO_LOCK_FLAG  # re-exported for the CLI
+from condasync.storage.s3lock import ConditionalWriteUnsupported as ConditionalWriteUnsupported
+from condasync.storage.s3lock import S3Lock
 
 if TYPE_CHECKING:
     from obstore import ObjectMeta, WritableFile

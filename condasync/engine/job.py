@@ -1,0 +1,38 @@
+"""What one mirror run is asked to do (MirrorJob, built by the CLI, a config table or serve),
+and the names every engine module shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from condasync.engine.filters import Filters
+from condasync.models import Event
+from condasync.storage import S3Options
+
+DEFAULT_ZSTD = 3  # level for repodata.json.zst: ~1 s for conda-forge's linux-64 (measured)
+
+INDEX_FILES = ("repodata.json", "repodata.json.zst")
+
+
+@dataclass(frozen=True)
+class MirrorJob:
+    """Everything one mirror run needs; built by the CLI from options or a config table."""
+
+    url: str
+    target: str
+    subdirs: tuple[str, ...] = ()
+    filters: Filters = field(default_factory=Filters)
+    jobs: int = 16
+    dry_run: bool = False
+    keep_removed: bool = False
+    bz2: bool = False
+    retries: int = 3
+    backoff: float = 0.5
+    zstd_level: int | None = None  # None: 3, and an index published as is keeps upstream's .zst
+    repair: bool = False
+    max_delete: float = 50.0  # percent of a subdir's packages one run may delete
+    s3: S3Options = field(default_factory=S3Options)
+
+
+Listener = Callable[[Event], None]

@@ -1,0 +1,570 @@
+"""The mirror run (DESIGN.md §2): lock, fetch indexes, plan, download, publish, delete, save state.
+
+The engine emits `Event`s to a listener and returns a `MirrorReport`; it never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gc
+import hashlib
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import httpx
+import msgspec
+import orjson
+
+from condasync.channel.bigindex import Lite
+from condasync.channel.repodata import (
+    KNOWN_SUBDIRS,
+    gc_paused,
+    is_subdir,
+)
+from condasync.channel.urls import join, mask, mask_url, normalize_channel, secrets_of
+from condasync.engine import fetch
+from condasync.engine.download import download_all
+from condasync.engine.job import Listener, MirrorJob
+from condasync.engine.plan import build_plan, check_max_delete, select_records, validate_records
+from condasync.engine.publish import (
+    delete_all,
+    discard_when_ready,
+    encode_published,
+    index_stats,
+    kept_removed_records,
+    prepare_as_is,
+    prepare_index,
+    prepare_indexes,
+    publishable_as_is,
+    published_intact,
+)
+from condasync.engine.state import (
+    GENERATION,
+    FilesState,
+    SubdirMeta,
+    compact_files,
+    load_files,
+    mirrored_subdirs,
+    save_files,
+    save_meta,
+)
+from condasync.engine.upstream import (
+    Upstream,
+    discover_subdirs,
+    fetch_upstream,
+    is_json_object,
+    resolve_missing,
+    suggest_subdir,
+)
+from condasync.errors import (
+    EXIT_PARTIAL,
+    EXIT_UPSTREAM,
+    CondasyncError,
+    MassDeleteError,
+    UpstreamError,
+    UsageError,
+)
+from condasync.models import Event, FileState, MirrorReport, Plan, SubdirReport
+from condasync.storage import (
+    Prepared,
+    StagedFile,
+    Storage,
+    describe_os_error,
+    open_storage,
+)
+
+
+def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorReport:
+    """Run one mirror job to completion. Errors end up in the report, with their exit code."""
+    started = time.monotonic()
+    secrets = secrets_of(job.url)
+    report = MirrorReport(url=mask_url(job.url), target=job.target, dry_run=job.dry_run)
+    try:
+        try:
+            channel = normalize_channel(job.url)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if job.jobs < 1:
+            raise UsageError("--jobs must be at least 1")
+        storage = open_storage(job.target, create=not job.dry_run, s3=job.s3)
+        with _Locker(storage, enabled=not job.dry_run and not job.s3.no_lock) as locker:
+            try:
+                asyncio.run(_mirror(job, channel, storage, locker, report, listen))
+            finally:
+                gc.unfreeze()
+    except CondasyncError as exc:
+        report.error = mask(str(exc), secrets)
+        report.exit_code = exc.exit_code
+    except KeyboardInterrupt:
+        report.error = "interrupted"
+        report.exit_code = 130
+    except OSError as exc:
+        report.error = mask(str(describe_os_error(exc, job.target)), secrets)
+        report.exit_code = EXIT_PARTIAL
+    errors = [s.error for s in report.subdirs if s.error]
+    if errors and report.exit_code in (0, EXIT_PARTIAL):
+        report.exit_code = EXIT_UPSTREAM
+        report.error = report.error or mask("; ".join(errors), secrets)
+    if report.exit_code == 0 and any(s.failed for s in report.subdirs):
+        report.exit_code = 1
+    for sub in report.subdirs:
+        sub.failed = {k: mask(v, secrets) for k, v in sub.failed.items()}
+    report.seconds = time.monotonic() - started
+    return report
+
+
+class _Locker:
+    """The run lock. A local tree is locked at once (a flock costs nothing); an object store
+    only before the first write, so a no-op run issues no PUT at all."""
+
+    def __init__(self, storage: Storage, enabled: bool) -> None:
+        self._storage = storage
+        self._enabled = enabled
+        self._held: AbstractContextManager[None] | None = None
+        self._claimed = False
+
+    def __enter__(self) -> _Locker:
+        if self._storage.local and self._enabled:
+            held = self._storage.lock()
+            held.__enter__()
+            self._held = held
+        return self
+
+    def ensure(self) -> None:
+        if self._held is None and self._enabled:
+            held = self._storage.lock()
+            held.__enter__()
+            self._held = held
+        if not self._claimed and self._held is not None:
+            self._storage.claim_lock()
+            self._claimed = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
+
+
+def options_hash(job: MirrorJob, channel: str) -> str:
+    """Options that shape the published index; when they change, the next run re-plans."""
+    doc = {
+        "url": channel,
+        "filters": [job.filters.include, job.filters.exclude, job.filters.latest],
+        "exclude_newer": job.filters.exclude_newer,
+        "keep_removed": job.keep_removed,
+        "bz2": job.bz2,
+        "zstd": job.zstd_level,
+        "generation": GENERATION,
+    }
+    return hashlib.sha256(orjson.dumps(doc)).hexdigest()
+
+
+async def _mirror(
+    job: MirrorJob,
+    channel: str,
+    storage: Storage,
+    locker: _Locker,
+    report: MirrorReport,
+    listen: Listener,
+) -> None:
+    # File creation is slow on some filesystems and blocks; let every download have a thread.
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max(8, job.jobs)))
+    client, base = fetch.make_client(channel, job.jobs)
+    async with client:
+        channeldata: bytes | None = None
+        subdirs = list(dict.fromkeys(job.subdirs))
+        for subdir in subdirs:
+            if not is_subdir(subdir):
+                raise UsageError(f"invalid subdir {subdir!r}{suggest_subdir(subdir)}")
+        if subdirs and "noarch" not in subdirs:
+            subdirs.append("noarch")  # clients reject a channel without it
+        if not subdirs:
+            channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
+            found = await discover_subdirs(client, base, channeldata)
+            if not found:
+                raise UpstreamError(
+                    f"no conda channel at {mask_url(job.url)} (no subdirs in channeldata.json,"
+                    f" and no <subdir>/repodata.json(.zst) for any of {len(KNOWN_SUBDIRS)}"
+                    " known subdirs)"
+                )
+            # a subdir we mirrored before and upstream no longer has is an error, not a delete
+            subdirs = sorted(set(found) | set(mirrored_subdirs(storage)) | {"noarch"})
+        options = options_hash(job, base)
+        listen(Event("fetching", count=len(subdirs), message=" ".join(subdirs)))
+        # Fetch and validate every index before any write: an upstream error leaves the tree as is.
+        fetched = await asyncio.gather(
+            *(fetch_upstream(job, client, base, storage, s, options) for s in subdirs)
+        )
+        upstreams = resolve_missing(job, storage, list(fetched), base)
+        changed = any(u.repodata is not None for u in upstreams)
+        if changed and channeldata is None:
+            channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
+        for upstream in upstreams:
+            sub = SubdirReport(subdir=upstream.subdir)
+            report.subdirs.append(sub)
+            if upstream.error is not None:
+                sub.error = upstream.error
+                listen(Event("error", upstream.subdir, message=upstream.error))
+                continue
+            try:
+                await _sync_subdir(
+                    job, client, base, storage, locker, upstream, options, sub, listen
+                )
+            except MassDeleteError as exc:
+                sub.error = str(exc)
+                listen(Event("error", upstream.subdir, message=str(exc)))
+            finally:
+                upstream.release()
+        if not job.dry_run and channeldata is not None and is_json_object(channeldata):
+            locker.ensure()
+            storage.write_if_changed("channeldata.json", channeldata)
+
+
+async def _sync_subdir(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: Storage,
+    locker: _Locker,
+    upstream: Upstream,
+    options: str,
+    report: SubdirReport,
+    listen: Listener,
+) -> None:
+    subdir = upstream.subdir
+    if not job.dry_run:
+        storage.clear_staging(subdir)  # leftovers of a killed run
+    if upstream.repodata is None:
+        report.unchanged = True
+        listen(Event("uptodate", subdir))
+        if not job.dry_run and upstream.meta is not None and not upstream.fetched.unchanged:
+            locker.ensure()
+            upstream.meta.etag = upstream.fetched.etag  # same bytes, new validators
+            upstream.meta.last_modified = upstream.fetched.last_modified
+            upstream.meta.source = upstream.fetched.source
+            save_meta(storage, subdir, upstream.meta)
+        return
+    report.timings.update(upstream.timings)
+    # Nothing of ours to change (no filters, nothing kept, info as we publish it): upstream's
+    # bytes are the final index, and go to disk on the other core while we plan. A record
+    # rejected by the plan means our own encoding after all; this one is then dropped.
+    early: asyncio.Future[Prepared] | None = None
+    if (
+        not job.dry_run
+        and not job.filters.active
+        and not job.keep_removed
+        and upstream.files_state is not None
+        and check_max_delete(
+            job.max_delete,
+            subdir,
+            len(upstream.repodata.not_listed(upstream.files_state.files.keys())),
+            len(upstream.files_state.files),
+            raise_error=False,
+        )
+        and publishable_as_is(upstream.repodata, subdir)
+    ):
+        locker.ensure()
+        early = asyncio.get_running_loop().run_in_executor(
+            None, prepare_as_is, storage, subdir, upstream.fetched, job
+        )
+    try:
+        await _sync_changed(
+            job, client, base, storage, locker, upstream, options, report, listen, early
+        )
+    finally:
+        if early is not None:
+            await discard_when_ready(early)  # nothing left to drop once it is published
+        if not job.dry_run:
+            storage.clear_staging(subdir)
+
+
+@dataclass
+class _Planned:
+    """One subdir's plan and what carrying it out needs (the output of _plan_changes)."""
+
+    plan: Plan
+    state: FilesState
+    wanted: dict[str, Lite]  # the typed records of the files to fetch
+    published: set[str] | None  # None: every upstream record is published
+    n_published: int
+    dropped: set[str]  # in our state, but not on disk as we left them
+    on_disk: dict[str, tuple[int, int]]
+    deletes: tuple[str, ...] = ()
+    strays_first: bool = False
+    kept_removed: dict[str, msgspec.Raw] = field(default_factory=dict)
+
+
+async def _sync_changed(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: Storage,
+    locker: _Locker,
+    upstream: Upstream,
+    options: str,
+    report: SubdirReport,
+    listen: Listener,
+    early: asyncio.Future[Prepared] | None,
+) -> None:
+    """One subdir whose upstream index changed, in the order of DESIGN.md §2: plan, download
+    (indexes are prepared meanwhile), publish, delete, save state."""
+    clock = time.monotonic()
+    planned = _plan_changes(job, storage, upstream, report, listen)
+    clock = report.timed("plan", clock)
+    plan = planned.plan
+    if job.dry_run:
+        report.added, report.replaced = list(plan.add), list(plan.replace)
+        report.deleted = sorted(plan.delete + plan.strays)
+        report.packages = plan.unchanged + len(plan.kept_removed) + len(plan.add + plan.replace)
+        return
+    locker.ensure()
+    await _before_downloads(job, storage, upstream, planned, listen)
+    done, final = await _download_and_prepare(
+        job, client, base, storage, upstream, planned, report, listen, early
+    )
+    stats = await _publish(job, storage, upstream, planned, done, final, report, listen)
+    await _delete_and_save(storage, upstream, planned, done, stats, options, report, listen)
+
+
+def _plan_changes(
+    job: MirrorJob, storage: Storage, upstream: Upstream, report: SubdirReport, listen: Listener
+) -> _Planned:
+    """Validate, select and plan, from upstream's index and our state alone (no writes)."""
+    subdir, index = upstream.subdir, upstream.repodata
+    assert index is not None
+    with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
+        state = upstream.files_state or load_files(storage, subdir)
+        upstream.files_state = None
+        local = state.files
+        on_disk: dict[str, tuple[int, int]] = {}
+        dropped: set[str] = set()
+        if upstream.check_files:  # keep only what is still there as we left it
+            on_disk = storage.listing(subdir)
+            local = {
+                fn: st for fn, st in local.items() if on_disk.get(fn) == (st.size, st.mtime_ns)
+            }
+            dropped = set(_copies(state.files.keys() - local.keys()))
+            state.files = local
+        valid, rejected, differ = validate_records(index, local)
+        selected = select_records(index, valid, job.filters, subdir)
+        removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
+        plan = build_plan(
+            selected, local, job.keep_removed, removed_upstream, differ, on_disk.keys()
+        )
+        # Names taken from the state map get their own copies: a few thousand of them
+        # outliving the map, spread through its memory, kept about 190 MB of it resident
+        # after it was freed (measured on a freshly synced 600k-file mirror).
+        plan = dataclasses.replace(
+            plan, delete=tuple(_copies(plan.delete)), kept_removed=tuple(_copies(plan.kept_removed))
+        )
+        report.filtered = len(valid) - len(selected)
+        check_max_delete(job.max_delete, subdir, len(plan.delete), len(local))
+        planned = _Planned(
+            plan=plan,
+            state=state,
+            # From here on only the records to fetch need their typed view; drop the rest.
+            wanted={fn: selected[fn] for fn in plan.add + plan.replace},
+            published=None if len(selected) == index.count() else set(selected),
+            n_published=len(selected),
+            dropped=dropped,
+            on_disk=on_disk,
+        )
+        del valid, selected, differ, local
+        index.lite, index.order = {}, {}
+        gc.freeze()  # later collections during downloads need not walk all that again
+    for key, reason in rejected.items():
+        report.rejected[key] = reason
+        listen(Event("rejected", subdir, name=key, message=reason))
+    return planned
+
+
+async def _before_downloads(
+    job: MirrorJob, storage: Storage, upstream: Upstream, planned: _Planned, listen: Listener
+) -> None:
+    """Compact the state if due, free strays' space, and announce the plan."""
+    subdir, plan, state = upstream.subdir, planned.plan, planned.state
+    assert upstream.repodata is not None
+    if state.needs_compaction():
+        await asyncio.to_thread(compact_files, storage, subdir, state)
+    # The end of the run records only what changed, so the 600k-entry map can go now.
+    state.release()
+    todo = plan.add + plan.replace
+    size = sum(planned.wanted[fn].size for fn in todo)
+    listen(Event("plan", subdir, count=len(todo), size=size))
+    # Strays free their space before the downloads need it, unless the published index may
+    # name them (a run killed after publishing its index, before saving its state).
+    meta = upstream.meta
+    planned.strays_first = meta is not None and published_intact(storage, subdir, meta)
+    if planned.strays_first and plan.strays:
+        await asyncio.to_thread(delete_all, storage, subdir, plan.strays)
+    planned.deletes = tuple(sorted(plan.delete + plan.strays))
+    planned.kept_removed = kept_removed_records(
+        storage, subdir, plan, upstream.repodata, job.keep_removed
+    )
+
+
+async def _download_and_prepare(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: Storage,
+    upstream: Upstream,
+    planned: _Planned,
+    report: SubdirReport,
+    listen: Listener,
+    early: asyncio.Future[Prepared] | None,
+) -> tuple[dict[str, FileState], _Prepared]:
+    """Download the packages while the other core writes the indexes to publish: an interim
+    one when files change under their name, and the final one as it will be if every
+    download succeeds (unless upstream's own bytes are that, and already on their way)."""
+    subdir, index, plan = upstream.subdir, upstream.repodata, planned.plan
+    assert index is not None
+    clock = time.monotonic()
+    package_base = _package_base(join(base, subdir), index.info)
+    # Files a killed run already put in place are adopted (after hashing) instead of
+    # fetched again. A local folder whose mtime is as our last run left it holds none (a
+    # new name changes it), and one that changed was just listed; an object store has no
+    # folder mtime, so it is listed (one LIST per 1000 objects, not one HEAD per package).
+    todo = plan.add + plan.replace
+    present = planned.on_disk if storage.local or not todo else storage.listing(subdir)
+    as_is = upstream.fetched.body if early is not None and planned.published is None else None
+    if early is not None and as_is is None:
+        await discard_when_ready(early)
+    indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
+    ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
+    try:
+        done, staged = await download_all(
+            job, client, package_base, storage, subdir, plan, planned.wanted, present, report,
+            listen,
+        )  # fmt: skip
+    except BaseException:
+        await discard_when_ready(ahead)
+        raise
+    clock = report.timed("download", clock)
+    interim, final = await ahead
+    if final is None:
+        assert early is not None
+        final = await early
+    report.timed("index", clock)
+    return done, _Prepared(interim, final, staged)
+
+
+@dataclass
+class _Prepared:
+    """Written but not yet published: the interim and final indexes, and replaced files."""
+
+    interim: Prepared | None
+    final: Prepared
+    staged: dict[str, StagedFile]
+
+
+async def _publish(
+    job: MirrorJob,
+    storage: Storage,
+    upstream: Upstream,
+    planned: _Planned,
+    done: dict[str, FileState],
+    ready: _Prepared,
+    report: SubdirReport,
+    listen: Listener,
+) -> dict[str, list[int]]:
+    """Interim index, replaced files, final index: at every instant a reader sees an index
+    whose files are all in place and match it. Returns the published files' stats."""
+    subdir, index = upstream.subdir, upstream.repodata
+    assert index is not None
+    clock = time.monotonic()
+    final, interim, staged = ready.final, ready.interim, ready.staged
+    skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
+    if skip:  # the final index was written for all downloads succeeding: write it again
+        final.discard()
+        data = await asyncio.to_thread(
+            encode_published, index, subdir, planned.published, skip, planned.kept_removed
+        )
+        final = await asyncio.to_thread(prepare_index, storage, subdir, data, job)
+        del data
+        clock = report.timed("reindex", clock)
+    if interim is not None and staged:
+        # Interim index without the files about to change, so no reader ever sees an
+        # index whose record disagrees with the bytes on disk. Until now readers saw
+        # the old snapshot, old files included.
+        await asyncio.to_thread(interim.publish)
+        clock = report.timed("interim", clock)
+    elif interim is not None:
+        interim.discard()
+    if storage.local:  # renames: one thread does them all (a hand-off each costs more)
+        mtimes = await asyncio.to_thread(lambda: [f.commit() for f in staged.values()])
+    else:  # object-store requests: side by side
+        mtimes = await asyncio.gather(*(asyncio.to_thread(f.commit) for f in staged.values()))
+    for filename, mtime_ns in zip(staged, mtimes, strict=True):
+        record = planned.wanted[filename]
+        done[filename] = FileState(record.size, record.digest, mtime_ns)
+    clock = report.timed("commit", clock)
+    await asyncio.to_thread(final.publish)
+    stats = index_stats(storage, subdir)
+    report.timed("publish", clock)
+    report.packages = planned.n_published - len(skip) + len(planned.kept_removed)
+    listen(Event("published", subdir, count=report.packages))
+    return stats
+
+
+async def _delete_and_save(
+    storage: Storage,
+    upstream: Upstream,
+    planned: _Planned,
+    done: dict[str, FileState],
+    stats: dict[str, list[int]],
+    options: str,
+    report: SubdirReport,
+    listen: Listener,
+) -> None:
+    """Delete what is no longer listed, then save state: last, so a kill before it only
+    costs the next run a re-plan."""
+    subdir, deletes = upstream.subdir, planned.deletes
+    clock = time.monotonic()
+    doomed = planned.plan.delete if planned.strays_first else deletes
+    await asyncio.to_thread(delete_all, storage, subdir, doomed)
+    clock = report.timed("delete", clock)
+    for filename in deletes:
+        report.deleted.append(filename)
+        listen(Event("deleted", subdir, name=filename))
+    # Our state minus what is gone, plus what we fetched; a failed replacement keeps
+    # its old entry (its old bytes are still there).
+    changes: dict[str, FileState | None] = dict.fromkeys(planned.dropped, None)
+    changes.update(dict.fromkeys(deletes, None))
+    changes.update(done)
+    save_files(storage, subdir, planned.state, changes)
+    storage.clear_staging(subdir)  # before the folder's mtime is recorded
+    report.timed("state", clock)
+    folder = storage.stat(subdir)
+    save_meta(
+        storage,
+        subdir,
+        SubdirMeta(
+            source=upstream.fetched.source,
+            etag=upstream.fetched.etag,
+            last_modified=upstream.fetched.last_modified,
+            upstream_sha256=upstream.body_sha256,
+            options=options,
+            published=stats,
+            complete=not report.failed,
+            dir_mtime_ns=folder[1] if folder else 0,
+        ),
+    )
+
+
+def _copies(names: Iterable[str]) -> list[str]:
+    """New string objects equal to `names` (see the plan in _sync_changed)."""
+    return [name.encode().decode() for name in names]
+
+
+def _package_base(subdir_url: str, info: dict[str, object]) -> str:
+    """CEP-15: packages live under info.base_url (absolute or relative) when it is set."""
+    base_url = info.get("base_url")
+    if isinstance(base_url, str) and base_url:
+        return urljoin(subdir_url + "/", base_url).rstrip("/")
+    return subdir_url
