@@ -12,11 +12,15 @@ import orjson
 import typer
 
 from condasync import __version__
+from condasync.channel.repodata import is_subdir
+from condasync.channel.urls import mask_url
 from condasync.config import filters_from, load_config
 from condasync.display import PlainListener, RichListener, print_plain_summary, print_summary
 from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
+from condasync.engine.state import load_meta, mirrored_subdirs
 from condasync.engine.sync import run_mirror
+from condasync.engine.upstream import suggest_subdir
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
 from condasync.models import MirrorReport
 from condasync.serve.commands import apikey_app
@@ -37,6 +41,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: 16]": plain text, never rich markup
 )
 
 
@@ -60,6 +65,23 @@ def _check_filters(filters: Filters) -> None:
         raise UsageError("--latest must be at least 1")
 
 
+def _check_job(job: MirrorJob) -> None:
+    """One clear message per bad value, before anything runs."""
+    if job.jobs < 1:
+        raise UsageError(f"--jobs must be at least 1 (got {job.jobs})")
+    if job.retries < 0:
+        raise UsageError(f"--retries must be 0 or more (got {job.retries})")
+    if job.zstd_level is not None and not 1 <= job.zstd_level <= 22:
+        raise UsageError(f"--zstd-level must be from 1 to 22 (got {job.zstd_level})")
+    if not 0 <= job.max_delete <= 100:
+        raise UsageError(
+            f"--max-delete must be a percentage from 0 to 100 (got {job.max_delete:g})"
+        )
+    for subdir in job.subdirs:
+        if not is_subdir(subdir):
+            raise UsageError(f"invalid subdir {subdir!r}{suggest_subdir(subdir)}")
+
+
 def _run_one(job: MirrorJob, as_json: bool, quiet: bool) -> MirrorReport:
     if as_json or quiet or not sys.stderr.isatty():
         report = run_mirror(job, PlainListener(quiet=quiet or as_json))
@@ -79,7 +101,8 @@ def _run_one(job: MirrorJob, as_json: bool, quiet: bool) -> MirrorReport:
 @app.command()
 def mirror(
     url: Annotated[
-        str | None, typer.Argument(help="Upstream channel: http(s)://, file:// or a path.")
+        str | None,
+        typer.Argument(metavar="URL", help="Upstream channel: http(s)://, file:// or a path."),
     ] = None,
     target: Annotated[
         str | None, typer.Argument(metavar="DIR", help="Where the mirror tree lives.")
@@ -142,7 +165,7 @@ def mirror(
             "--max-delete",
             metavar="PCT",
             help="Refuse to delete more than PCT percent of a subdir's packages in one run"
-            " (an empty or truncated upstream index) \\[default: 50; 100 allows any shrink].",
+            " (an empty or truncated upstream index) [default: 50; 100 allows any shrink].",
         ),
     ] = None,
     s3_endpoint: S3Endpoint = None,
@@ -163,12 +186,14 @@ def mirror(
             tables = load_config(config)
         elif url and target:
             tables = [{"url": url, "dir": target}]
+        elif url:
+            raise UsageError("missing DIR: where should the mirror of URL go? (mirror URL DIR)")
         else:
             raise UsageError("missing URL and DIR (or --config FILE)")
         jobs_list = []
         for table in tables:
             filters = filters_from(table)
-            if include or exclude or latest or exclude_newer:
+            if include or exclude or latest is not None or exclude_newer:
                 filters = Filters(
                     include=tuple(include or filters.include),
                     exclude=tuple(exclude or filters.exclude),
@@ -193,11 +218,7 @@ def mirror(
                 ),
                 s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
             )
-            level = job.zstd_level
-            if job.jobs < 1 or job.retries < 0 or not (level is None or 1 <= level <= 22):
-                raise UsageError("--jobs must be >= 1, --retries >= 0, --zstd-level 1..22")
-            if not 0 <= job.max_delete <= 100:
-                raise UsageError("--max-delete must be a percentage from 0 to 100")
+            _check_job(job)
             jobs_list.append(job)
     except CondasyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -269,7 +290,25 @@ def verify(
             print(f"orphan: {orphan}", file=sys.stderr)
         verdict = "ok" if report.ok else f"{len(doc['problems'])} problem(s)"
         print(f"{target}: {doc['files_checked']} files checked, {verdict}", file=sys.stderr)
+        if doc["problems"]:
+            print(f"to repair: {_repair_command(target)}", file=sys.stderr)
     raise typer.Exit(0 if report.ok else EXIT_VERIFY)
+
+
+def _repair_command(target: str) -> str:
+    """The mirror command that re-fetches what verify found missing or corrupt, with the
+    upstream URL our state remembers (tokens masked)."""
+    url = "URL"
+    try:
+        storage = open_storage(target, create=False)
+        for subdir in mirrored_subdirs(storage):
+            meta = load_meta(storage, subdir)
+            if meta is not None and meta.source.count("/") >= 3:
+                url = mask_url(meta.source.rsplit("/", 2)[0])
+                break
+    except (CondasyncError, OSError):
+        pass
+    return f"condasync mirror {url} {target} --repair"
 
 
 @app.command("index")
@@ -292,10 +331,23 @@ def index_command(
     if as_json:
         _emit_json(doc)
     else:
+        if doc["ignored"]:
+            shown = ", ".join(doc["ignored"][:5]) + (", ..." if len(doc["ignored"]) > 5 else "")
+            print(
+                f"warning: {len(doc['ignored'])} package file(s) at the top of {target} were"
+                f" ignored ({shown}): packages belong in a subdir folder, {target}/noarch/ or"
+                f" {target}/<platform>/ such as linux-64/, as their info/index.json says",
+                file=sys.stderr,
+            )
         for name, sub in doc["subdirs"].items():
             for filename, reason in sub.get("skipped", {}).items():
-                print(f"warning: {name}/{filename!r}: skipped: {reason}", file=sys.stderr)
+                print(f"warning: skipped {name}/{_printable(filename)}: {reason}", file=sys.stderr)
             print(f"{name}: {sub['packages']} packages indexed", file=sys.stderr)
+
+
+def _printable(name: str) -> str:
+    """A filename as is, unless it holds control characters (then escaped, never raw)."""
+    return name if name.isprintable() else repr(name)[1:-1]
 
 
 app.command("serve")(serve_command)

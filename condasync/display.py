@@ -6,10 +6,10 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
-    MofNCompleteColumn,
     Progress,
     TaskID,
     TextColumn,
@@ -17,7 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from condasync.models import Event, MirrorReport
+from condasync.errors import EXIT_INTERRUPTED
+from condasync.models import Event, MirrorReport, SubdirReport
 
 err = Console(stderr=True, highlight=False)
 
@@ -44,6 +45,8 @@ class PlainListener:
             print(f"error: {where}/{event.name}: {event.message}", file=sys.stderr)
         elif self.quiet:
             return
+        elif kind == "fetching":
+            print(f"fetching {event.count} indexes: {event.message}", file=sys.stderr)
         elif kind == "plan":
             print(f"{where}: {event.count} files to fetch ({event.size} bytes)", file=sys.stderr)
         elif kind == "file":
@@ -58,86 +61,130 @@ class PlainListener:
 
 
 class RichListener:
-    """Progress bars for bytes and files, overall and per subdir."""
+    """Progress on a TTY: which indexes are being fetched, then per subdir a bar of bytes with
+    its file count beside it, and an overall bar."""
 
     def __init__(self) -> None:
         self.progress = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("files"),
+            TextColumn("{task.fields[files]}"),
             DownloadColumn(),
             TransferSpeedColumn(),
             console=err,
             transient=False,
         )
         self.total: TaskID | None = None
-        self.bytes_tasks: dict[str, TaskID] = {}
-        self.files: dict[str, int] = {}
+        self.fetching: TaskID | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.files: dict[str, list[int]] = {}  # subdir -> [done, planned]
 
     def __enter__(self) -> RichListener:
         self.progress.start()
-        self.total = self.progress.add_task("total", total=0)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def _fetched(self) -> None:
+        if self.fetching is not None:
+            self.progress.remove_task(self.fetching)
+            self.fetching = None
+
+    def _files_text(self, subdir: str) -> str:
+        done, planned = self.files[subdir]
+        return f"{done}/{planned} files"
+
     def __call__(self, event: Event) -> None:
         kind, where = event.kind, event.subdir
-        assert self.total is not None
-        if kind == "plan":
-            task = self.progress.add_task(where, total=event.size)
-            self.bytes_tasks[where] = task
-            self.files[where] = event.count
+        if kind == "fetching":
+            names = event.message.replace(" ", ", ")
+            self.fetching = self.progress.add_task(
+                f"fetching {event.count} indexes: {names}", total=None, files=""
+            )
+        elif kind == "plan":
+            self._fetched()
+            if self.total is None:
+                self.total = self.progress.add_task("total", total=0, files="")
+            self.files[where] = [0, event.count]
+            self.tasks[where] = self.progress.add_task(
+                where, total=event.size, files=self._files_text(where)
+            )
             total = self.progress.tasks[self.total].total or 0
             self.progress.update(self.total, total=total + event.size)
-        elif kind == "bytes":
-            self.progress.advance(self.bytes_tasks[where], event.size)
+        elif kind == "bytes" and where in self.tasks and self.total is not None:
+            self.progress.advance(self.tasks[where], event.size)
             self.progress.advance(self.total, event.size)
+        elif kind in ("file", "failed") and where in self.tasks:
+            self.files[where][0] += 1
+            self.progress.update(self.tasks[where], files=self._files_text(where))
+            if kind == "failed":
+                self.progress.console.print(
+                    f"[red]error[/]: {where}/{_safe(event.name)}: {escape(event.message)}"
+                )
         elif kind == "rejected":
             self.progress.console.print(
-                f"[yellow]warning[/]: {where}: skipped key {_safe(event.name)}: {event.message}",
-                markup=True,
+                f"[yellow]warning[/]: {where}: skipped key {escape(_safe(event.name))}:"
+                f" {escape(event.message)}"
             )
-        elif kind == "failed":
-            self.progress.console.print(f"[red]error[/]: {where}/{event.name}: {event.message}")
         elif kind == "uptodate":
+            self._fetched()
             self.progress.console.print(f"{where}: up to date")
+        elif kind == "error":
+            self._fetched()
+
+
+def subdir_status(report: MirrorReport, s: SubdirReport) -> str:
+    """What happened to one subdir, in a word or two (the summary table's status column)."""
+    if s.error:
+        return "error"
+    if report.exit_code == EXIT_INTERRUPTED and not s.unchanged:
+        return "interrupted"
+    if s.failed:
+        return f"failed {len(s.failed)}"
+    if s.unchanged:
+        return "up to date"
+    return "dry run" if report.dry_run else "synced"
 
 
 def print_summary(report: MirrorReport) -> None:
-    table = Table(title=f"condasync mirror {report.url} -> {report.target}")
-    for column in (
-        "subdir",
-        "status",
-        "added",
-        "replaced",
-        "deleted",
-        "failed",
-        "rejected",
-        "packages",
-        "bytes",
-    ):
+    table = Table(
+        title=f"condasync mirror {escape(report.url)} -> {escape(report.target)}",
+        caption=f"{report.seconds:.1f} s"
+        + (" (dry run: bytes are what it would download)" if report.dry_run else ""),
+    )
+    columns = ("subdir", "status", "added", "repaired", "replaced", "deleted", "failed",
+               "rejected", "packages", "bytes")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column in ("subdir", "status") else "right")
+    totals = [0] * 8
     for s in report.subdirs:
-        status = "up to date" if s.unchanged else ("dry run" if report.dry_run else "synced")
-        table.add_row(
-            s.subdir, status, str(len(s.added)), str(len(s.replaced)), str(len(s.deleted)),
-            str(len(s.failed)), str(len(s.rejected)), str(s.packages), str(s.bytes),
-        )  # fmt: skip
+        moved = s.planned_bytes if report.dry_run else s.bytes
+        counts = [len(s.added), len(s.repaired), len(s.replaced), len(s.deleted), len(s.failed),
+                  len(s.rejected), s.packages, moved]  # fmt: skip
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
+        table.add_row(s.subdir, subdir_status(report, s), *map(str, counts))
+    if len(report.subdirs) > 1:
+        table.add_row("total", "", *map(str, totals), end_section=True, style="bold")
     err.print(table)
 
 
 def print_plain_summary(report: MirrorReport) -> None:
     data: dict[str, Any] = report.to_dict()
     if report.unchanged:
-        print(f"{report.url}: up to date", file=sys.stderr)
+        packages = sum(s.packages for s in report.subdirs)
+        print(f"{report.url}: up to date ({packages} packages)", file=sys.stderr)
         return
+    repaired = f", repaired {len(data['repaired'])}" if data["repaired"] else ""
+    if report.dry_run:
+        tail = f"; would download {data['planned_bytes']} bytes (dry run)"
+    else:
+        tail = f", {data['bytes']} bytes in {data['seconds']} s"
+    if report.exit_code == EXIT_INTERRUPTED:
+        tail += " (interrupted)"
     print(
-        f"{report.url}: added {len(data['added'])}, replaced {len(data['replaced'])}, "
-        f"deleted {len(data['deleted'])}, failed {len(data['failed'])}, "
-        f"rejected {len(data['rejected'])}, {data['bytes']} bytes in {data['seconds']} s"
-        + (" (dry run)" if report.dry_run else ""),
+        f"{report.url}: added {len(data['added'])}{repaired}, replaced {len(data['replaced'])},"
+        f" deleted {len(data['deleted'])}, failed {len(data['failed'])},"
+        f" rejected {len(data['rejected'])}{tail}",
         file=sys.stderr,
     )

@@ -45,6 +45,13 @@ class StorageError(CondasyncError):
     exit_code = EXIT_PARTIAL
 
 
+class NotWritable(StorageError):
+    """The target refuses writes (permission denied, a read-only file system, /sys): a setup
+    problem for the operator, not a partial failure."""
+
+    exit_code = EXIT_USAGE
+
+
 class DownloadError(CondasyncError):
     """One package could not be fetched and verified; retried by the caller."""
 

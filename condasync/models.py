@@ -63,6 +63,7 @@ class SubdirReport:
     subdir: str
     unchanged: bool = False
     added: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # missing or changed on disk, fetched again
     replaced: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
@@ -70,6 +71,7 @@ class SubdirReport:
     filtered: int = 0
     packages: int = 0
     bytes: int = 0
+    planned_bytes: int = 0  # what the plan downloads (a --dry-run's "would download")
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     error: str | None = None  # this subdir was not synced (missing upstream, --max-delete)
 
@@ -109,11 +111,13 @@ class MirrorReport:
             "dry_run": self.dry_run,
             "unchanged": self.unchanged,
             "added": merge_list("added"),
+            "repaired": merge_list("repaired"),
             "replaced": merge_list("replaced"),
             "deleted": merge_list("deleted"),
             "failed": merge_dict("failed"),
             "rejected": merge_dict("rejected"),
             "bytes": sum(s.bytes for s in self.subdirs),
+            "planned_bytes": sum(s.planned_bytes for s in self.subdirs),
             "seconds": round(self.seconds, 3),
             "download_seconds": round(sum(s.timings.get("download", 0) for s in self.subdirs), 3),
             "error": self.error,
@@ -122,6 +126,7 @@ class MirrorReport:
                 s.subdir: {
                     "unchanged": s.unchanged,
                     "added": s.added,
+                    "repaired": s.repaired,
                     "replaced": s.replaced,
                     "deleted": s.deleted,
                     "failed": s.failed,
@@ -129,6 +134,7 @@ class MirrorReport:
                     "filtered": s.filtered,
                     "packages": s.packages,
                     "bytes": s.bytes,
+                    "planned_bytes": s.planned_bytes,
                     "timings": s.timings,
                     "error": s.error,
                 }

@@ -153,9 +153,14 @@ class SubdirIndex:
 class IndexReport:
     dir: str
     subdirs: dict[str, SubdirIndex] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)  # package files at DIR's top level
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dir": self.dir, "subdirs": {k: v.to_dict() for k, v in self.subdirs.items()}}
+        return {
+            "dir": self.dir,
+            "subdirs": {k: v.to_dict() for k, v in self.subdirs.items()},
+            "ignored": self.ignored,
+        }
 
 
 @dataclass(frozen=True)
@@ -192,6 +197,7 @@ def index_tree(
     listen: IndexListener = on_event or (lambda _e: None)
     storage = LocalStorage(root)
     report = IndexReport(dir=str(root))
+    report.ignored = sorted(n for n in scan_files(root) if is_package_name(n))
     with storage.lock():
         for subdir in chosen:
             report.subdirs[subdir] = _index_subdir(storage, subdir, listen, workers)

@@ -36,6 +36,7 @@ class SubdirMeta:
     published: dict[str, list[int]] = field(default_factory=dict)  # file -> [size, mtime_ns]
     dir_mtime_ns: int = 0  # the subdir folder after our last write: a change means files moved
     complete: bool = True  # False when packages failed: the next run must retry, not no-op
+    packages: int | None = None  # records published (None: state of an older version)
 
 
 def _meta_path(subdir: str) -> str:

@@ -104,8 +104,9 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
         report.error = "interrupted"
         report.exit_code = 130
     except OSError as exc:
-        report.error = mask(str(describe_os_error(exc, job.target)), secrets)
-        report.exit_code = EXIT_PARTIAL
+        error = describe_os_error(exc, job.target)
+        report.error = mask(str(error), secrets)
+        report.exit_code = error.exit_code
     errors = [s.error for s in report.subdirs if s.error]
     if errors and report.exit_code in (0, EXIT_PARTIAL):
         report.exit_code = EXIT_UPSTREAM
@@ -242,12 +243,21 @@ async def _sync_subdir(
     if upstream.repodata is None:
         report.unchanged = True
         listen(Event("uptodate", subdir))
-        if not job.dry_run and upstream.meta is not None and not upstream.fetched.unchanged:
+        meta = upstream.meta
+        if meta is None:
+            return
+        changed = not upstream.fetched.unchanged
+        if meta.packages is None:  # state written by an older version: count once
+            meta.packages = len(load_files(storage, subdir).files)
+            changed = True
+        report.packages = meta.packages
+        if not job.dry_run and changed:
             locker.ensure()
-            upstream.meta.etag = upstream.fetched.etag  # same bytes, new validators
-            upstream.meta.last_modified = upstream.fetched.last_modified
-            upstream.meta.source = upstream.fetched.source
-            save_meta(storage, subdir, upstream.meta)
+            if not upstream.fetched.unchanged:
+                meta.etag = upstream.fetched.etag  # same bytes, new validators
+                meta.last_modified = upstream.fetched.last_modified
+                meta.source = upstream.fetched.source
+            save_meta(storage, subdir, meta)
         return
     report.timings.update(upstream.timings)
     # Nothing of ours to change (no filters, nothing kept, info as we publish it): upstream's
@@ -317,8 +327,10 @@ async def _sync_changed(
     planned = _plan_changes(job, storage, upstream, report, listen)
     clock = report.timed("plan", clock)
     plan = planned.plan
+    report.planned_bytes = sum(planned.wanted[fn].size for fn in plan.add + plan.replace)
     if job.dry_run:
         report.added, report.replaced = list(plan.add), list(plan.replace)
+        _split_repaired(report, planned.dropped)
         report.deleted = sorted(plan.delete + plan.strays)
         report.packages = plan.unchanged + len(plan.kept_removed) + len(plan.add + plan.replace)
         return
@@ -327,6 +339,7 @@ async def _sync_changed(
     done, final = await _download_and_prepare(
         job, client, base, storage, upstream, planned, report, listen, early
     )
+    _split_repaired(report, planned.dropped)
     stats = await _publish(job, storage, upstream, planned, done, final, report, listen)
     await _delete_and_save(storage, upstream, planned, done, stats, options, report, listen)
 
@@ -553,8 +566,17 @@ async def _delete_and_save(
             published=stats,
             complete=not report.failed,
             dir_mtime_ns=folder[1] if folder else 0,
+            packages=report.packages,
         ),
     )
+
+
+def _split_repaired(report: SubdirReport, dropped: set[str]) -> None:
+    """Files we held that were gone or changed on disk (--repair, or a touched folder) and are
+    fetched again are reported as repaired, not added."""
+    if dropped:
+        report.repaired = [fn for fn in report.added if fn in dropped]
+        report.added = [fn for fn in report.added if fn not in dropped]
 
 
 def _copies(names: Iterable[str]) -> list[str]:

@@ -3,7 +3,9 @@ open the database, and start uvicorn or manage keys. Heavy imports happen inside
 
 from __future__ import annotations
 
+import errno
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -15,7 +17,9 @@ import typer
 from condasync.errors import EXIT_USAGE
 from condasync.storage import S3Options
 
-apikey_app = typer.Typer(help="Manage API keys offline (same database as `serve`).")
+apikey_app = typer.Typer(
+    help="Manage API keys offline (same database as `serve`).", rich_markup_mode=None
+)
 
 DirArg = Annotated[Path, typer.Argument(metavar="DIR", help="Folder holding the channels.")]
 DbOpt = Annotated[
@@ -57,7 +61,11 @@ def serve(
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Name of the --proxy channel (default: last URL segment)."),
+        typer.Option(
+            "--name",
+            help="Name of the --proxy channel (default: last URL segment), or of DIR when DIR"
+            " is itself one channel tree (default: its folder name).",
+        ),
     ] = None,
     ttl: Annotated[
         int, typer.Option("--ttl", help="Seconds a --proxy channel's index stays fresh.")
@@ -107,7 +115,9 @@ def serve(
     if storage is None and (s3_endpoint or s3_force_path_style or s3_no_lock):
         raise _fail("--s3-endpoint, --s3-force-path-style and --s3-no-lock go with --storage")
     options = S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock)
-    store = _open_store(target, storage, options)
+    single = _single_tree_name(target, name) if storage is None and proxy is None else None
+    store = _open_store(target, storage, options, single)
+    sock = _bind(host, port)  # before anything says "serving": a taken port is one error line
     database = _open_db(target, db)
     if proxy is not None:
         parts = urlsplit(proxy)
@@ -118,21 +128,62 @@ def serve(
             raise _fail(f"invalid channel name {channel_name!r}: give --name")
         database.upsert_channel(Channel(channel_name, False, proxy.rstrip("/"), "proxy", ttl))
         print(f"proxy channel {channel_name!r} -> {proxy}", file=sys.stderr)
-    elif name is not None:
-        raise _fail("--name only goes with --proxy")
+    elif name is not None and single is None:
+        raise _fail("--name goes with --proxy, or with a DIR that is one channel tree")
     if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
-    _run(target, database, store, host, port, upstream_timeout)
+    _run(target, database, store, sock, upstream_timeout, single)
 
 
-def _open_store(target: Path, storage: str | None, options: S3Options):  # type: ignore[no-untyped-def]
+def _channel_exists(target: Path, database: object, name: str) -> bool:
+    """A channel row in the database, or a tree DIR/<name> (or DIR itself, served as one)."""
+    from condasync.serve.db import Database
+    from condasync.serve.store import LocalChannels
+
+    assert isinstance(database, Database)
+    if database.channel(name) is not None:
+        return True
+    single = _single_tree_name(target, None)
+    return name == single or name in LocalChannels(target, single).names()
+
+
+def _single_tree_name(target: Path, name: str | None) -> str | None:
+    """When DIR is itself one channel tree (it has <subdir>/repodata.json), the name it is
+    served under: --name, else its folder's name."""
+    from condasync.serve.paths import is_channel_name
+    from condasync.serve.store import is_channel_tree
+
+    if not is_channel_tree(target):
+        return None
+    chosen = name or default_proxy_name(target.resolve().name) or "channel"
+    if not is_channel_name(chosen):
+        raise _fail(f"invalid channel name {chosen!r}: give --name")
+    return chosen
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise _fail(f"cannot listen on {host}:{port}: the port is already in use") from None
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _open_store(target: Path, storage: str | None, options: S3Options, single: str | None):  # type: ignore[no-untyped-def]
     """The channel store: DIR, or S3 checked with one LIST (bad credentials exit 3 now)."""
     from condasync.errors import CondasyncError
     from condasync.serve.store import S3Channels, open_channels
 
     try:
-        store = open_channels(target, storage, options)
+        store = open_channels(target, storage, options, single)
         if isinstance(store, S3Channels):
             store.check()
     except CondasyncError as exc:
@@ -141,7 +192,12 @@ def _open_store(target: Path, storage: str | None, options: S3Options):  # type:
 
 
 def _run(
-    target: Path, database: object, store: object, host: str, port: int, upstream_timeout: float
+    target: Path,
+    database: object,
+    store: object,
+    sock: socket.socket,
+    upstream_timeout: float,
+    single: str | None,
 ) -> None:
     import uvicorn
 
@@ -156,17 +212,22 @@ def _run(
     # Tasks a dead replica (or this one's previous life) left pending or running never end.
     database.interrupt_stale_tasks(server.tasks.me)
     server.tasks.start()
-    print(f"serving {store.label} at http://{host}:{port}/channels/<name> (API docs: /docs)",
-          file=sys.stderr, flush=True)  # fmt: skip
-    uvicorn.run(
+    host, port = sock.getsockname()[:2]
+    base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    if single is not None:
+        line = f"serving {store.label} as channel {single!r}: point clients at {base}/channels/"
+        line += f"{single} (API docs: {base}/docs)"
+    else:
+        line = f"serving {store.label} at {base}/channels/<name> (API docs: {base}/docs)"
+    print(line, file=sys.stderr, flush=True)
+    config = uvicorn.Config(
         App(server),
-        host=host,
-        port=port,
         log_level="warning",
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=3,
     )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @apikey_app.command("create")
@@ -189,6 +250,11 @@ def apikey_create(
     if channel is not None and not is_channel_name(channel):
         raise _fail(f"invalid channel name {channel!r}")
     database = _open_db(target, db)
+    if channel is not None and not _channel_exists(target, database, channel):
+        raise _fail(
+            f"no channel {channel!r} in {target} (create it first with POST /api/channels,"
+            " or mirror a tree into DIR/<name>)"
+        )
     if channel is None:
         key, _ = database.create_key(role, description=description)
     else:

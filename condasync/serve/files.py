@@ -105,9 +105,10 @@ async def _send_file(
     headers: Headers = [
         (b"etag", etag.encode()),
         (b"last-modified", last_modified),
-        (b"cache-control", cache_control(filename, private).encode()),
         *extra,
     ]
+    if not any(name == b"cache-control" for name, _ in extra):  # extra may say otherwise
+        headers.insert(2, (b"cache-control", cache_control(filename, private).encode()))
     if not_modified(etag, st.st_mtime, inm, ims):
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from condasync.serve.db import Channel, Database
 from condasync.serve.files import Headers, Receive, Scope, Send, send_text
+from condasync.serve.listed import ListedNames
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
 from condasync.serve.proxy import ProxyChannel, ProxyError
 from condasync.serve.roles import Identity, can_read
@@ -25,6 +26,7 @@ LOG = logging.getLogger("uvicorn.error")
 STATIC_RECHECK = 2.0  # seconds a plain tree found in the store is trusted to still be there
 CHANNEL_REFRESH = 2.0  # seconds channel rows are trusted before the database is asked again
 PROXY_INDEXES = ("repodata.json", "repodata.json.zst")
+UNLISTED_CACHE = b"no-cache"  # a file no index lists: revalidate every time
 
 
 class Server:
@@ -48,6 +50,7 @@ class Server:
         self._static: dict[str, float] = {}  # plain trees seen lately: name -> when
         self._absent: dict[str, float] = {}  # names found nowhere lately: name -> when
         self._lock = threading.Lock()
+        self.listed = ListedNames(self.store.read, self.store.stat)
         self.reload()
 
     # channels --------------------------------------------------------------------------------
@@ -213,7 +216,15 @@ class ChannelFiles:
         path: FilePath,
         extra: Headers | None = None,
     ) -> bool:
-        """The stored file, if there is one (False: nothing was sent)."""
+        """The stored file, if there is one (False: nothing was sent). A package no index
+        lists is not `immutable`: it may be a stray, or about to be deleted."""
+        if (
+            channel.mirror_mode != "proxy"
+            and path.subdir
+            and is_package(path.filename)
+            and not await self.server.listed.listed(channel.name, path.subdir, path.filename)
+        ):
+            extra = [*(extra or []), (b"cache-control", UNLISTED_CACHE)]
         return await self.server.store.send(
             scope, send, channel.name, path.relpath, path.filename, channel.private, extra
         )

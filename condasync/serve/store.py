@@ -31,6 +31,7 @@ class ChannelStore(Protocol):
     def create(self, name: str) -> None: ...
     def remove(self, name: str) -> None: ...
     def read(self, name: str, relpath: str) -> bytes | None: ...
+    def stat(self, name: str, relpath: str) -> tuple[int, int] | None: ...
     def subdirs(self, name: str) -> list[str]: ...
 
     async def send(
@@ -46,51 +47,69 @@ class ChannelStore(Protocol):
 
 
 class LocalChannels:
-    """Channels as folders of DIR."""
+    """Channels as folders of DIR; or, when DIR is itself one channel tree (`serve ./mirror`
+    right after `condasync mirror`), that tree as the one channel `single`."""
 
     local = True
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, single: str | None = None) -> None:
         self.root = Path(os.path.realpath(root))
         self.root_str = str(self.root)
         self.label = str(root)
         self.s3_options = S3Options()
+        self.single = single
+
+    def _dir(self, name: str) -> str:
+        if name == self.single:
+            return self.root_str
+        return os.path.join(self.root_str, name)
 
     def is_tree(self, name: str) -> bool:
-        return os.path.isdir(os.path.join(self.root_str, name))
+        return os.path.isdir(self._dir(name))
 
     def names(self) -> list[str]:
         try:
             entries = sorted(os.listdir(self.root))
         except OSError:
             return []
-        return [e for e in entries if is_channel_name(e) and (self.root / e).is_dir()]
+        found = [e for e in entries if is_channel_name(e) and (self.root / e).is_dir()]
+        if self.single is not None:  # subdir folders belong to the one tree, not channels
+            found = sorted({self.single, *(e for e in found if not is_subdir(e))})
+        return found
 
     def storage(self, name: str) -> LocalStorage:
-        return LocalStorage(self.root / name)
+        return LocalStorage(Path(self._dir(name)))
 
     def staging(self, name: str, subdir: str) -> Path:
         # Beside the final file, so committing is an atomic rename.
-        return self.root / name / subdir / STAGING
+        return Path(self._dir(name)) / subdir / STAGING
 
     def mirror_target(self, name: str) -> str:
-        return str(self.root / name)
+        return self._dir(name)
 
     def create(self, name: str) -> None:
-        os.makedirs(self.root / name, exist_ok=True)
+        os.makedirs(self._dir(name), exist_ok=True)
 
     def remove(self, name: str) -> None:
-        shutil.rmtree(self.root / name, ignore_errors=True)
+        if name != self.single:  # never the tree DIR itself
+            shutil.rmtree(self._dir(name), ignore_errors=True)
 
     def read(self, name: str, relpath: str) -> bytes | None:
         try:
-            with open(os.path.join(self.root_str, name, relpath), "rb") as fh:
+            with open(os.path.join(self._dir(name), relpath), "rb") as fh:
                 return fh.read()
         except OSError:
             return None
 
+    def stat(self, name: str, relpath: str) -> tuple[int, int] | None:
+        try:
+            st = os.stat(os.path.join(self._dir(name), relpath))
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
     def subdirs(self, name: str) -> list[str]:
-        base = self.root / name
+        base = Path(self._dir(name))
         if not base.is_dir():
             return []
         return sorted(
@@ -111,8 +130,20 @@ class LocalChannels:
     ) -> bool:
         # Every segment is validated (no "..", no separator, no dot-file), so the join stays
         # in the channel; send_file refuses a symlinked file as well.
-        path = os.path.join(self.root_str, name, relpath)
+        path = os.path.join(self._dir(name), relpath)
         return await send_file(scope, send, path, filename, private, extra)
+
+
+def is_channel_tree(folder: Path) -> bool:
+    """A folder that is one channel: subdir folders holding a repodata.json."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    return any(
+        is_subdir(e.name) and e.is_dir() and os.path.isfile(os.path.join(e.path, "repodata.json"))
+        for e in entries
+    )
 
 
 class S3Channels:
@@ -183,6 +214,9 @@ class S3Channels:
     def read(self, name: str, relpath: str) -> bytes | None:
         return self.storage(name).read(relpath)
 
+    def stat(self, name: str, relpath: str) -> tuple[int, int] | None:
+        return self.storage(name).stat(relpath)
+
     def subdirs(self, name: str) -> list[str]:
         storage = self.storage(name)
         found = [s for s in self._folders(name) if s and is_subdir(s)]
@@ -205,10 +239,10 @@ class S3Channels:
 
 
 def open_channels(
-    root: Path, storage: str | None, options: S3Options | None = None
+    root: Path, storage: str | None, options: S3Options | None = None, single: str | None = None
 ) -> LocalChannels | S3Channels:
-    """DIR itself, or the `s3://bucket/prefix` given with --storage (DIR then holds only the
-    default database and scratch files)."""
+    """DIR itself (or DIR as the one channel `single`), or the `s3://bucket/prefix` given with
+    --storage (DIR then holds only the default database and scratch files)."""
     if storage:
         return S3Channels(storage, options or S3Options(), root / ".condasync" / "proxy-tmp")
-    return LocalChannels(root)
+    return LocalChannels(root, single)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from condasync.errors import StorageError
+from condasync.errors import NotWritable, StorageError
 
 STAGING = ".condasync-tmp"
 HASH_CHUNK = 1024 * 1024
@@ -51,7 +51,9 @@ def describe_os_error(exc: OSError, what: str) -> StorageError:
     if exc.errno == errno.ENOSPC:
         return StorageError(f"disk full while writing {what}")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StorageError(f"permission denied writing {what}")
+        where = exc.filename or what
+        reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+        return NotWritable(f"cannot write {where}: {reason}")
     return StorageError(f"cannot write {what}: {exc.strerror or exc}")
 
 

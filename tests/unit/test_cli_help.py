@@ -1,0 +1,51 @@
+"""Every command's --help shows every option's help text whole: nothing inside square brackets
+(`[default: 16]`, `[[mirror]]`) may be eaten as markup."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from condasync.cli import app
+
+ROOT = typer.main.get_command(app)
+
+
+def commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [path] if path else []
+    if hasattr(group, "commands"):
+        for name, sub in group.commands.items():
+            found += commands(sub, (*path, name))
+    return found
+
+
+def command_at(path: tuple[str, ...]) -> Any:
+    cmd = ROOT
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@pytest.mark.parametrize("path", commands(ROOT), ids=" ".join)
+def test_help_keeps_every_option_text(path: tuple[str, ...]) -> None:
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    shown = flat(result.output)
+    for param in command_at(path).params:
+        text = getattr(param, "help", None)
+        if text:
+            assert flat(text) in shown, f"{' '.join(path)}: help of {param.name} lost: {text!r}"
+
+
+def test_bracketed_texts_survive() -> None:
+    shown = flat(CliRunner().invoke(app, ["mirror", "--help"], env={"COLUMNS": "200"}).output)
+    for text in ("[default: 16]", "[[mirror]]", "[default: 3]", "[default: 50"):
+        assert text in shown
