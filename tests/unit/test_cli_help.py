@@ -49,3 +49,23 @@ def test_bracketed_texts_survive() -> None:
     shown = flat(CliRunner().invoke(app, ["mirror", "--help"], env={"COLUMNS": "200"}).output)
     for text in ("[default: 16]", "[[mirror]]", "[default: 3]", "[default: 50"):
         assert text in shown
+
+
+def test_rich_progress_shows_files_and_bytes_apart() -> None:
+    from rich.console import Console
+
+    from condasync.display import RichListener
+    from condasync.models import Event
+
+    listener = RichListener()
+    listener.progress.console = Console(record=True, width=160, force_terminal=False)
+    with listener:
+        listener(Event("fetching", count=2, message="linux-64 noarch"))
+        assert "fetching 2 indexes: linux-64, noarch" in listener.progress.tasks[0].description
+        listener(Event("plan", "linux-64", count=2, size=2048))
+        assert all("fetching" not in t.description for t in listener.progress.tasks)
+        listener(Event("bytes", "linux-64", size=1024))
+        listener(Event("file", "linux-64", name="a-1-0.conda", size=1024))
+        task = listener.progress.tasks[listener.tasks["linux-64"]]
+        assert task.fields["files"] == "1/2 files"
+        assert task.completed == 1024 and task.total == 2048
