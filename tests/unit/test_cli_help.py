@@ -57,8 +57,13 @@ def test_rich_progress_shows_files_and_bytes_apart() -> None:
     from condasync.display import RichListener
     from condasync.models import Event
 
-    listener = RichListener()
-    listener.progress.console = Console(record=True, width=160, force_terminal=False)
+    import condasync.display as display
+
+    saved, display.err = display.err, Console(record=True, width=160, force_terminal=False)
+    try:
+        listener = RichListener()
+    finally:
+        display.err = saved
     with listener:
         listener(Event("fetching", count=2, message="linux-64 noarch"))
         assert "fetching 2 indexes: linux-64, noarch" in listener.progress.tasks[0].description
