@@ -71,6 +71,6 @@ def test_rich_progress_shows_files_and_bytes_apart() -> None:
         assert all("fetching" not in t.description for t in listener.progress.tasks)
         listener(Event("bytes", "linux-64", size=1024))
         listener(Event("file", "linux-64", name="a-1-0.conda", size=1024))
-        task = listener.progress.tasks[listener.tasks["linux-64"]]
+        task = {t.id: t for t in listener.progress.tasks}[listener.tasks["linux-64"]]
         assert task.fields["files"] == "1/2 files"
         assert task.completed == 1024 and task.total == 2048
