@@ -78,6 +78,7 @@ class RichListener:
         self.fetching: TaskID | None = None
         self.tasks: dict[str, TaskID] = {}
         self.files: dict[str, list[int]] = {}  # subdir -> [done, planned]
+        self.planned = 0  # bytes, all subdirs
 
     def __enter__(self) -> RichListener:
         self.progress.start()
@@ -110,8 +111,8 @@ class RichListener:
             self.tasks[where] = self.progress.add_task(
                 where, total=event.size, files=self._files_text(where)
             )
-            total = self.progress.tasks[self.total].total or 0
-            self.progress.update(self.total, total=total + event.size)
+            self.planned += event.size
+            self.progress.update(self.total, total=self.planned)
         elif kind == "bytes" and where in self.tasks and self.total is not None:
             self.progress.advance(self.tasks[where], event.size)
             self.progress.advance(self.total, event.size)

@@ -68,9 +68,12 @@ def test_rich_progress_shows_files_and_bytes_apart() -> None:
         listener(Event("fetching", count=2, message="linux-64 noarch"))
         assert "fetching 2 indexes: linux-64, noarch" in listener.progress.tasks[0].description
         listener(Event("plan", "linux-64", count=2, size=2048))
+        listener(Event("plan", "noarch", count=1, size=100))
         assert all("fetching" not in t.description for t in listener.progress.tasks)
         listener(Event("bytes", "linux-64", size=1024))
         listener(Event("file", "linux-64", name="a-1-0.conda", size=1024))
         task = {t.id: t for t in listener.progress.tasks}[listener.tasks["linux-64"]]
         assert task.fields["files"] == "1/2 files"
         assert task.completed == 1024 and task.total == 2048
+        total = {t.id: t for t in listener.progress.tasks}[listener.total]  # type: ignore[index]
+        assert total.total == 2148 and total.completed == 1024
