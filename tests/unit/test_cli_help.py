@@ -54,10 +54,9 @@ def test_bracketed_texts_survive() -> None:
 def test_rich_progress_shows_files_and_bytes_apart() -> None:
     from rich.console import Console
 
+    import condasync.display as display
     from condasync.display import RichListener
     from condasync.models import Event
-
-    import condasync.display as display
 
     saved, display.err = display.err, Console(record=True, width=160, force_terminal=False)
     try:
