@@ -151,6 +151,7 @@ def test_apikey_cli(tmp_path: Path, run_cli: Callable[..., CliResult]) -> None:
     assert run_cli("apikey", "revoke", root, "1").returncode == 0
     assert '"revoked":true' in run_cli("apikey", "list", root, "--json").stdout
     other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    (root / "c").mkdir()  # a key's channel must exist (a tree in DIR, or a row)
     made = run_cli(
         "apikey", "create", root, "--db", other, "--channel", "c", "--role", "maintainer"
     )

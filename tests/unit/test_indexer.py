@@ -248,7 +248,7 @@ def test_broken_state_costs_only_a_reread(packages: Path, state: bytes) -> None:
 def test_report_shape(packages: Path) -> None:
     write_junk(packages)
     doc = index_tree(packages).to_dict()
-    assert set(doc) == {"dir", "subdirs"}
+    assert set(doc) == {"dir", "subdirs", "ignored"}
     noarch = doc["subdirs"]["noarch"]
     assert {"packages", "added", "removed", "reused", "skipped"} <= set(noarch)
     assert set(noarch["skipped"]) == {"junk-1.0-0.conda", "junk-1.0-0.tar.bz2"}
