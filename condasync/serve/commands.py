@@ -90,6 +90,15 @@ def serve(
             "bucket lock (the database still runs one task per channel at a time).",
         ),
     ] = False,
+    cache_max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-max-size",
+            metavar="SIZE",
+            help="Cap the bytes of cached proxy packages across all proxy channels (700K, 500G, "
+            "20GiB; default unlimited): least recently requested packages are evicted first.",
+        ),
+    ] = None,
 ) -> None:
     """Serve every channel under DIR (or --storage s3://...) at /channels/<name>, with the API
     at /api (docs: /docs). Replicas share state with --db postgresql://... and --storage."""
@@ -106,6 +115,7 @@ def serve(
         raise _fail("--storage takes an s3://bucket/prefix URL (channels in DIR need no option)")
     if storage is None and (s3_endpoint or s3_force_path_style or s3_no_lock):
         raise _fail("--s3-endpoint, --s3-force-path-style and --s3-no-lock go with --storage")
+    max_size = _cache_size(cache_max_size)
     options = S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock)
     store = _open_store(target, storage, options)
     database = _open_db(target, db)
@@ -123,7 +133,18 @@ def serve(
     if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
-    _run(target, database, store, host, port, upstream_timeout)
+    _run(target, database, store, host, port, upstream_timeout, max_size)
+
+
+def _cache_size(text: str | None) -> int | None:
+    from condasync.serve.cachelimit import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise _fail(f"--cache-max-size: {exc}") from None
 
 
 def _open_store(target: Path, storage: str | None, options: S3Options):  # type: ignore[no-untyped-def]
@@ -141,7 +162,13 @@ def _open_store(target: Path, storage: str | None, options: S3Options):  # type:
 
 
 def _run(
-    target: Path, database: object, store: object, host: str, port: int, upstream_timeout: float
+    target: Path,
+    database: object,
+    store: object,
+    host: str,
+    port: int,
+    upstream_timeout: float,
+    cache_max_size: int | None = None,
 ) -> None:
     import uvicorn
 
@@ -152,10 +179,11 @@ def _run(
 
     assert isinstance(database, Database)
     assert isinstance(store, (LocalChannels, S3Channels))
-    server = Server(target, database, upstream_timeout=upstream_timeout, store=store)
+    server = Server(target, database, upstream_timeout, store, cache_max_size)
     # Tasks a dead replica (or this one's previous life) left pending or running never end.
     database.interrupt_stale_tasks(server.tasks.me)
     server.tasks.start()
+    server.cache.start()
     print(f"serving {store.label} at http://{host}:{port}/channels/<name> (API docs: /docs)",
           file=sys.stderr, flush=True)  # fmt: skip
     uvicorn.run(
