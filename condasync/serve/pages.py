@@ -75,7 +75,9 @@ class Pages:
         message = "This channel needs an API key." if who is None else (
             "This key cannot read this channel."
         )  # fmt: skip
-        body = html.login_page(request.url.path, viewer, message)
+        # Back to the channel page after logging in, not the URL asked for: a 401 names none
+        # of the channel's packages, not even one the visitor typed.
+        body = html.login_page(f"/channels/{name}/", viewer, message)
         return HTMLResponse(body, status, headers=_no_store())
 
     def info(self, request: Request, channel: Channel, last: dict[str, Any] | None) -> Any:

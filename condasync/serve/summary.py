@@ -81,6 +81,7 @@ class Summaries:
         conn = sqlite3.connect(self._path(channel), timeout=30)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=OFF")  # derived data: rebuilt if ever lost
             conn.executescript(_SCHEMA)
             yield conn
         finally:
@@ -254,9 +255,13 @@ class _Doc(msgspec.Struct, gc=False):
 _decode_doc = msgspec.json.Decoder(_Doc)
 
 
-def _records(raw: bytes) -> Iterator[tuple[str, Any]]:
-    """(filename, record) pairs: typed views when every record fits (fast, small), else the
-    plain JSON objects (odd records are then skipped one by one)."""
+Row = tuple[str, str, str, str, int, int, str, str, str]  # fn name version build size ...
+
+
+def _records(raw: bytes) -> Iterator[Row]:
+    """(fn, name, version, build, size, timestamp, sha256, license, summary) per record:
+    from typed views when every record fits (fast, small), else from the plain JSON objects,
+    where a record without a string name and version is skipped (untrusted input)."""
     try:
         with gc_paused():
             typed = _decode_doc.decode(raw)
@@ -264,12 +269,9 @@ def _records(raw: bytes) -> Iterator[tuple[str, Any]]:
         typed = None
     if typed is not None:
         for section in (typed.packages, typed.packages_conda):
-            for fn, rec in section.items():
-                yield fn, {
-                    "name": rec.name, "version": rec.version, "build": rec.build,
-                    "size": rec.size, "timestamp": rec.timestamp, "sha256": rec.sha256,
-                    "license": rec.license, "summary": rec.summary,
-                }  # fmt: skip
+            for fn, r in section.items():
+                yield (fn, r.name, r.version, r.build, r.size, r.timestamp, r.sha256 or "",
+                       r.license or "", r.summary or "")  # fmt: skip
         return
     try:
         doc = orjson.loads(raw)
@@ -279,37 +281,37 @@ def _records(raw: bytes) -> Iterator[tuple[str, Any]]:
         return
     for key in ("packages", "packages.conda"):
         plain = doc.get(key)
-        if isinstance(plain, dict):
-            yield from plain.items()
+        if not isinstance(plain, dict):
+            continue
+        for fn, rec in plain.items():
+            if not isinstance(rec, dict):
+                continue
+            name, version = rec.get("name"), rec.get("version")
+            if not isinstance(name, str) or not isinstance(version, str):
+                continue
+            size, stamp = rec.get("size"), rec.get("timestamp")
+            yield (
+                fn, name, version, _text(rec.get("build")),
+                size if isinstance(size, int) else 0, stamp if isinstance(stamp, int) else 0,
+                _text(rec.get("sha256")), _text(rec.get("license")), _text(rec.get("summary")),
+            )  # fmt: skip
 
 
 def _extract(
     raw: bytes, subdir: str, channeldata: dict[str, Any]
 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Rows of builds, and per name (latest version, license, summary, count), of one index.
-    Untrusted input: anything that is not a record with a string name and version is skipped."""
+    """Rows of builds, and per name (latest version, license, summary, count), of one index."""
     builds: list[tuple[Any, ...]] = []
     best: dict[str, list[Any]] = {}  # name -> [version text, parsed, license, summary, count]
     parsed_cache: dict[str, Version | None] = {}
-    for fn, rec in _records(raw):
-        if not isinstance(rec, dict):
-            continue
-        name, version = rec.get("name"), rec.get("version")
-        if not isinstance(name, str) or not isinstance(version, str):
-            continue
-        size, stamp = rec.get("size"), rec.get("timestamp")
-        license_ = _text(rec.get("license"))
-        builds.append((
-            subdir, name, version, _text(rec.get("build")), fn,
-            size if isinstance(size, int) else 0,
-            stamp if isinstance(stamp, int) else 0,
-            _text(rec.get("sha256")), license_,
-        ))  # fmt: skip
+    append = builds.append
+    for fn, name, version, build, size, stamp, sha256, license_, summary in _records(raw):
+        append((subdir, name, version, build, fn, size, stamp, sha256, license_))
         entry = best.get(name)
         if entry is None:
             if version not in parsed_cache:
                 parsed_cache[version] = _version(version)
-            best[name] = [version, parsed_cache[version], license_, _text(rec.get("summary")), 1]
+            best[name] = [version, parsed_cache[version], license_, summary, 1]
             continue
         entry[4] += 1
         if version != entry[0]:
