@@ -32,7 +32,7 @@ from condasync.serve.session import (
     same_origin,
     set_cookie_header,
 )
-from condasync.serve.summary import PAGE_SIZE, Summaries
+from condasync.serve.summary import PAGE_SIZE, WAIT_BELOW, Summaries
 
 # Paths under /channels/ that are pages, not channel files: no subdir is named "packages" or
 # "synchronize", and a file path always has a subdir and a file name (or is channeldata.json).
@@ -141,7 +141,7 @@ class Pages:
             for subdir in subdirs:
                 with contextlib.suppress(ProxyError):  # the cached copy is still listed
                     await proxy.index(subdir)
-        await asyncio.to_thread(self.summaries.refresh, channel.name)
+        await asyncio.to_thread(self.summaries.refresh, channel.name, False, WAIT_BELOW)
 
     async def channel(self, request: Request, name: str) -> Response:
         channel, who, viewer, denied = await self._channel(request, name)

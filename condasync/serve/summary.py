@@ -24,6 +24,7 @@ from condasync.serve.store import LocalChannels, S3Channels
 
 RECHECK = 2.0  # seconds the index validators of a channel are trusted before a new look
 PAGE_SIZE = 200  # package names per channel page
+WAIT_BELOW = 32 << 20  # changed index bytes a page waits for (about 50k records, ~2 s)
 FORMAT = "1"  # bump when the schema or what is extracted changes
 
 _SCHEMA = """
@@ -71,6 +72,7 @@ class Summaries:
         self._locks: dict[str, threading.Lock] = {}
         self._checked: dict[str, float] = {}
         self._guard = threading.Lock()
+        self._building: set[str] = set()  # channels rebuilt by a background thread now
 
     def _path(self, channel: str) -> Path:
         return self.folder / f"{channel}.sqlite"
@@ -121,17 +123,44 @@ class Summaries:
         with self._connect(channel) as conn:
             return conn.execute("SELECT 1 FROM subdirs LIMIT 1").fetchone() is not None
 
-    def refresh(self, channel: str, force: bool = False) -> bool:
+    def refresh(
+        self, channel: str, force: bool = False, background_above: int | None = None
+    ) -> bool:
         """Rebuild the subdirs whose index changed (one builder per channel at a time);
-        True when something was rebuilt."""
+        True when something was rebuilt. With background_above, a page request: when more
+        index bytes than that changed and an older summary exists, that one is shown while a
+        background thread rebuilds it."""
         if force:
             self._checked.pop(channel, None)
+        if background_above is not None and channel in self._building:
+            return False
         with self._lock(channel):
             current = self.stale(channel)
             if current is None:
                 return False
+            if background_above is not None and self.has(channel):
+                with self._connect(channel) as conn:
+                    built = dict(conn.execute("SELECT subdir, validator FROM subdirs").fetchall())
+                changed = sum(int(v.split(":")[1]) for k, v in current.items() if built.get(k) != v)
+                if changed > background_above:
+                    self._in_background(channel, current)
+                    return False
             self._build(channel, current)
             return True
+
+    def _in_background(self, channel: str, current: dict[str, str]) -> None:
+        if channel in self._building:
+            return
+        self._building.add(channel)
+
+        def run() -> None:
+            try:
+                with self._lock(channel):
+                    self._build(channel, current)
+            finally:
+                self._building.discard(channel)
+
+        threading.Thread(target=run, name=f"summary-{channel}", daemon=True).start()
 
     def _build(self, channel: str, current: dict[str, str]) -> None:
         with self._connect(channel) as conn:

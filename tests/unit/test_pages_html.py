@@ -64,3 +64,23 @@ def test_session_helpers() -> None:
     assert same_origin({"host": "h:1", "origin": "http://h:1"})
     assert not same_origin({"host": "h:1", "origin": "http://evil"})
     assert not same_origin({"host": "h:1", "origin": "null"})
+
+
+def test_a_big_change_is_rebuilt_in_the_background(tmp_path: Path) -> None:
+    """A page is not held up by a big rebuild when an older summary exists: it shows that one
+    while a thread rebuilds (here every change counts as big: background_above=0)."""
+    import time
+
+    subdir = tmp_path / "root" / "c" / "noarch"
+    subdir.mkdir(parents=True)
+    one = {"a-1-0.conda": {"name": "a", "version": "1", "build": "0"}}
+    (subdir / "repodata.json").write_text(json.dumps({"packages.conda": one}))
+    summaries = Summaries(tmp_path / "pages", LocalChannels(tmp_path / "root"))
+    assert summaries.refresh("c", background_above=0) is True  # nothing to show yet: waits
+    two = {**one, "b-2-0.conda": {"name": "b", "version": "2", "build": "0"}}
+    (subdir / "repodata.json").write_text(json.dumps({"packages.conda": two}) + " " * 10)
+    assert summaries.refresh("c", force=True, background_above=0) is False
+    deadline = time.monotonic() + 10
+    while summaries.packages("c")[1] != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.name for r in summaries.packages("c")[0]] == ["a", "b"]
