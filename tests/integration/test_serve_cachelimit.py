@@ -4,6 +4,7 @@ again, py-rattler still installs, and on S3 with PostgreSQL two replicas share t
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,3 +187,9 @@ def test_cache_limit_on_s3_with_two_replicas(
     assert b.client.get(f"/channels/upstream/{PATCHES}").status_code == 200
     assert len(fault_server.requests_for(f"/{PATCHES}", "GET")) == 1  # fetched again
     _wait(lambda: PATCHES in packages())
+    # the proxy's page, read from the bucket by either replica: upstream's packages, the cached
+    # ones marked, the cache size from the shared record
+    time.sleep(2.5)
+    page = a.client.get("/channels/upstream/").text
+    assert "zlib" in page and "dependent" in page and "<td>cached</td>" in page
+    assert re.search(r"<dt>cached</dt><dd>[34] packages", page), page[-3000:]
