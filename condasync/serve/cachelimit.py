@@ -126,16 +126,19 @@ class CacheTracker:
 
     def hit(self, channel: str, path: str) -> None:
         """A cached package was served."""
-        self._touched[(channel, path)] = time.time()
-        self._hits[channel] += 1
+        with self._lock:  # the flush thread swaps these dicts
+            self._touched[(channel, path)] = time.time()
+            self._hits[channel] += 1
 
     def miss(self, channel: str) -> None:
         """A package was not cached: it is fetched from upstream."""
-        self._misses[channel] += 1
+        with self._lock:
+            self._misses[channel] += 1
 
     def added(self, channel: str, path: str, size: int) -> None:
         """A verified package was committed to the cache."""
-        self._added[(channel, path)] = (size, time.time())
+        with self._lock:
+            self._added[(channel, path)] = (size, time.time())
         if self.max_size is not None:
             self._wake.set()
 
