@@ -64,7 +64,8 @@ def same_origin(headers: Mapping[str, str]) -> bool:
     source = headers.get("origin") or headers.get("referer")
     if not source or source == "null":
         return source != "null"
-    return urlsplit(source).netloc == headers.get("host", "")
+    hosts = {headers.get("host", ""), headers.get("x-forwarded-host", "")} - {""}
+    return urlsplit(source).netloc in hosts  # behind a proxy that rewrites Host, too
 
 
 def safe_next(path: str | None) -> str:
