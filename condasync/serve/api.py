@@ -41,6 +41,7 @@ from condasync.serve.schemas import (
     err,
 )
 from condasync.serve.server import ChannelFiles, Server
+from condasync.serve.session import api_session_key
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
@@ -52,6 +53,8 @@ def caller(
     if not key:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         key = token.strip() if scheme.lower() == "bearer" else None
+    if not key:  # the pages' session cookie, only with its CSRF token in a header
+        key = api_session_key(request.headers, request.cookies)
     if not key:
         return None
     server: Server = request.app.state.server

@@ -6,6 +6,7 @@ from typing import Any
 
 from condasync.serve.api import build_api
 from condasync.serve.files import Receive, Scope, Send
+from condasync.serve.pages import add_pages, is_page
 from condasync.serve.server import ChannelFiles, Server, as_json_request
 
 
@@ -16,11 +17,12 @@ class App:
         self.server = server
         self.files = ChannelFiles(server)
         self.api = build_api(server)
+        self.pages = add_pages(self.api, server)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(("/channels/", "/t/")):
+            if path.startswith(("/channels/", "/t/")) and not is_page(path):
                 await self.files(scope, receive, send)
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):

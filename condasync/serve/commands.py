@@ -98,6 +98,15 @@ def serve(
             "bucket lock (the database still runs one task per channel at a time).",
         ),
     ] = False,
+    cache_max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--cache-max-size",
+            metavar="SIZE",
+            help="Cap the bytes of cached proxy packages across all proxy channels (700K, 500G, "
+            "20GiB; default unlimited): least recently requested packages are evicted first.",
+        ),
+    ] = None,
 ) -> None:
     """Serve every channel under DIR (or --storage s3://...) at /channels/<name>, with the API
     at /api (docs: /docs). Replicas share state with --db postgresql://... and --storage."""
@@ -114,6 +123,7 @@ def serve(
         raise _fail("--storage takes an s3://bucket/prefix URL (channels in DIR need no option)")
     if storage is None and (s3_endpoint or s3_force_path_style or s3_no_lock):
         raise _fail("--s3-endpoint, --s3-force-path-style and --s3-no-lock go with --storage")
+    max_size = _cache_size(cache_max_size)
     options = S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock)
     single = _single_tree_name(target, name) if storage is None and proxy is None else None
     store = _open_store(target, storage, options, single)
@@ -133,7 +143,18 @@ def serve(
     if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
-    _run(target, database, store, sock, upstream_timeout, single)
+    _run(target, database, store, sock, upstream_timeout, single, max_size)
+
+
+def _cache_size(text: str | None) -> int | None:
+    from condasync.serve.cachelimit import parse_size
+
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise _fail(f"--cache-max-size: {exc}") from None
 
 
 def _channel_exists(target: Path, database: object, name: str) -> bool:
@@ -198,6 +219,7 @@ def _run(
     sock: socket.socket,
     upstream_timeout: float,
     single: str | None,
+    cache_max_size: int | None = None,
 ) -> None:
     import uvicorn
 
@@ -208,10 +230,11 @@ def _run(
 
     assert isinstance(database, Database)
     assert isinstance(store, (LocalChannels, S3Channels))
-    server = Server(target, database, upstream_timeout=upstream_timeout, store=store)
+    server = Server(target, database, upstream_timeout, store, cache_max_size)
     # Tasks a dead replica (or this one's previous life) left pending or running never end.
     database.interrupt_stale_tasks(server.tasks.me)
     server.tasks.start()
+    server.cache.start()
     host, port = sock.getsockname()[:2]
     base = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     if single is not None:

@@ -84,8 +84,7 @@ async def send_file(
         return False
     if not stat.S_ISREG(st.st_mode):
         return False
-    await _send_file(scope, send, path, st, filename, private, extra or [])
-    return True
+    return await _send_file(scope, send, path, st, filename, private, extra or [])
 
 
 async def _send_file(
@@ -96,8 +95,7 @@ async def _send_file(
     filename: str,
     private: bool,
     extra: Headers,
-) -> None:
-    head = scope["method"] == "HEAD"
+) -> bool:
     size = st.st_size
     etag = make_etag(size, st.st_mtime_ns, st.st_ino)
     last_modified = _last_modified(st.st_mtime)
@@ -112,16 +110,16 @@ async def _send_file(
     if not_modified(etag, st.st_mtime, inm, ims):
         await send({"type": "http.response.start", "status": 304, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
-        return
+        return True
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
-        await send_text(send, 404, "not found", head=head)
-        return
+        return False  # gone since the lstat (an evicted cache file): nothing was sent
     try:
         await _send_body(scope, send, fd, filename, headers, (rng, if_range))
     finally:
         os.close(fd)
+    return True
 
 
 async def _send_body(

@@ -100,6 +100,8 @@ class ProxyChannel:
         self._records: dict[str, tuple[str, dict[str, tuple[int, str]]]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._missing: dict[str, float] = {}  # subdirs upstream answered 404 for: when
+        # Told (channel, "subdir/file", size) of every package committed to the cache.
+        self.on_cached: Callable[[str, str, int], None] | None = None
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -449,6 +451,8 @@ class ProxyChannel:
                 raise ProxyError(502, f"upstream file failed {algo} verification; not cached")
             await self._commit(dl.temp, key)
             dl.state = "done"
+            if self.on_cached is not None:
+                self.on_cached(self.name, key, dl.size)
         except ProxyError as exc:
             dl.state, dl.status, dl.message = "failed", exc.status, exc.message
         except httpx.HTTPError as exc:

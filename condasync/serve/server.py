@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from condasync.serve.cachelimit import CacheTracker
 from condasync.serve.db import Channel, Database
 from condasync.serve.files import Headers, Receive, Scope, Send, send_text
 from condasync.serve.listed import ListedNames
@@ -38,12 +39,14 @@ class Server:
         db: Database,
         upstream_timeout: float = 10.0,
         store: LocalChannels | S3Channels | None = None,
+        cache_max_size: int | None = None,
     ) -> None:
         self.root = Path(os.path.realpath(root))
         self.store: LocalChannels | S3Channels = store or LocalChannels(self.root)
         self.db = db
         self.upstream_timeout = upstream_timeout
         self.tasks = TaskRunner(db, self.store)
+        self.cache = CacheTracker(db, self.store, cache_max_size)  # proxy cache record, limit
         self._channels: dict[str, Channel] = {}
         self._loaded = 0.0
         self._proxies: dict[str, ProxyChannel] = {}
@@ -136,6 +139,7 @@ class Server:
                 channel.ttl,
                 self.upstream_timeout,
             )
+            proxy.on_cached = self.cache.added
             self._proxies[channel.name] = proxy
         return proxy
 
@@ -148,6 +152,7 @@ class Server:
 
     async def close(self) -> None:
         self.tasks.stop()
+        await asyncio.to_thread(self.cache.stop)
         for proxy in list(self._proxies.values()):
             await proxy.close()
 
@@ -249,7 +254,13 @@ class ChannelFiles:
             return
         if not is_package(path.filename):
             await send_text(send, 404, "not found", head=head)
-        elif not await self._send(scope, send, channel, path):
+            return
+        with self.server.cache.streaming(channel.name, path.relpath):
+            cached = await self._send(scope, send, channel, path)
+        if cached:
+            self.server.cache.hit(channel.name, path.relpath)
+        else:
+            self.server.cache.miss(channel.name)
             try:
                 await proxy.package(scope, send, path.subdir, path.filename, channel.private)
             except ProxyAborted as exc:

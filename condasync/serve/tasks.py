@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from condasync.engine.job import MirrorJob
@@ -32,6 +33,8 @@ class TaskRunner:
         self._stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._beat: threading.Thread | None = None
+        # Called with the channel name after each sync (the pages rebuild their summary).
+        self.on_synced: list[Callable[[str], object]] = []
 
     def start(self) -> None:
         """Begin the heartbeat (and the reaping of other replicas' dead tasks)."""
@@ -96,6 +99,11 @@ class TaskRunner:
             if not self.db.claim_task(task.id, self.me):
                 return  # ended meanwhile (or taken as stale): never run it
             self._sync(task, channel)
+            for hook in self.on_synced:
+                try:
+                    hook(channel.name)
+                except Exception as exc:  # a summary that cannot be built is not a sync failure
+                    LOG.warning("%s: after sync: %s", channel.name, exc)
             if self.db.channel(channel.name) is None:
                 # Deleted while the sync ran: the engine may have written files since.
                 self.store.remove(channel.name)
