@@ -14,6 +14,7 @@ import logging
 import threading
 from datetime import datetime, timedelta, timezone
 
+from condasync.engine.filters import Filters
 from condasync.engine.job import MirrorJob
 from condasync.engine.sync import run_mirror
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
@@ -50,7 +51,11 @@ class TaskRunner:
                 LOG.warning("task heartbeat failed: %s", exc)
 
     def synchronize(
-        self, channel: Channel, start_at: datetime | None, repeat: int | None
+        self,
+        channel: Channel,
+        start_at: datetime | None,
+        repeat: int | None,
+        action: str = "synchronize",
     ) -> tuple[Task, bool]:
         """The channel's pending or running task if there is one (whichever replica started
         it), else a new one run here; (task, new)."""
@@ -61,9 +66,7 @@ class TaskRunner:
                 active = self.db.active_task(channel.name)
                 if active is not None:
                     return active, False
-                task = self.db.create_task(
-                    channel.name, "synchronize", start_at, repeat, owner=self.me
-                )
+                task = self.db.create_task(channel.name, action, start_at, repeat, owner=self.me)
                 if task is not None:
                     break
                 # Another replica created one between our read and our insert: return it.
@@ -106,7 +109,7 @@ class TaskRunner:
             with self._lock:
                 task = self.db.create_task(
                     channel.name,
-                    "synchronize",
+                    task.action,
                     utcnow() + timedelta(seconds=repeat),
                     repeat,
                     owner=self.me,
@@ -114,11 +117,19 @@ class TaskRunner:
 
     def _sync(self, task: Task, channel: Channel) -> None:
         try:
+            # The settings of now: a PATCH since the task was queued applies to this run.
+            channel = self.db.channel(channel.name) or channel
+            lists = channel.settings.get("metadata") or {}
             report = run_mirror(
                 MirrorJob(
                     url=channel.mirror_channel_url or "",
                     target=self.store.mirror_target(channel.name),
+                    filters=Filters(
+                        include=tuple(lists.get("includelist") or ()),
+                        exclude=tuple(lists.get("excludelist") or ()),
+                    ),
                     max_delete=float(channel.settings.get("max_delete", 50)),
+                    proxied=tuple(lists.get("proxylist") or ()),
                     s3=self.store.s3_options,
                 )
             )
