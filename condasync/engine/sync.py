@@ -158,7 +158,7 @@ class _Locker:
 
 def options_hash(job: MirrorJob, channel: str) -> str:
     """Options that shape the published index; when they change, the next run re-plans."""
-    doc = {
+    doc: dict[str, object] = {
         "url": channel,
         "filters": [job.filters.include, job.filters.exclude, job.filters.latest],
         "exclude_newer": job.filters.exclude_newer,
