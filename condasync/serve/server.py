@@ -193,6 +193,9 @@ class ChannelFiles:
                 await send_text(send, 401, "this channel needs an API key", head=head)
                 return
             who = await asyncio.to_thread(self.server.identify, key)
+            if who is None:  # unknown or revoked: unauthenticated, as in quetz
+                await send_text(send, 401, "invalid or revoked API key", head=head)
+                return
             if not can_read(who, channel.name, True):
                 await send_text(send, 403, "this key has no role on this channel", head=head)
                 return
