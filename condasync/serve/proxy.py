@@ -119,6 +119,10 @@ class ProxyChannel:
         result: _T = await asyncio.shield(flight)
         return result
 
+    async def once(self, key: str, make: Callable[[], Awaitable[_T]]) -> _T:
+        """Single flight for work kept outside this class (the bz2 check)."""
+        return await self._once(key, make)
+
     # indexes ---------------------------------------------------------------------------------
 
     def _meta_path(self, subdir: str) -> str:

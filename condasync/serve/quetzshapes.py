@@ -9,6 +9,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from condasync.channel.repodata import split_filename
+from condasync.channel.urls import join
 from condasync.models import Record
 
 # The keys of quetz's ChannelExtra, Package and User, in the order quetz emits them.
@@ -157,3 +159,18 @@ def versions(
             )
     out.sort(key=lambda v: v["time_created"] or "", reverse=True)
     return out
+
+
+def proxied_url(
+    mirror_mode: str | None, upstream: str | None, settings: Mapping[str, Any], relpath: str
+) -> str | None:
+    """Where a mirror channel sends a client for a package of its `metadata.proxylist` (the
+    sync publishes those records but copies no files): upstream's URL, else None."""
+    names = (settings.get("metadata") or {}).get("proxylist")
+    if mirror_mode != "mirror" or not upstream or not names or relpath.count("/") != 1:
+        return None
+    subdir, filename = relpath.split("/")
+    parts = split_filename(filename)
+    if parts is None or parts[0] not in names:
+        return None
+    return join(upstream, subdir, filename)
