@@ -137,7 +137,8 @@ def describe_channels(server: Server, channels: Iterable[Channel]) -> list[dict[
         doc = channel.to_dict()
         doc.setdefault("description", None)
         doc.setdefault("size_limit", None)
-        doc.setdefault("metadata", {key: None for key in LISTS})
+        stored = doc.get("metadata") or {}
+        doc["metadata"] = {key: stored.get(key) for key in LISTS}
         doc["members_count"] = members.get(channel.name, 0)
         doc["packages_count"] = packages_count(server, channel.name)
         out.append(doc)
