@@ -234,12 +234,15 @@ def build_api(server: Server) -> FastAPI:
         for path, endpoint in (
             ("/channels/{name}/{subdir}/{filename}", channel_file),
             ("/channels/{name}/channeldata.json", channel_data),
+            ("/get/{name}/{subdir}/{filename}", channel_file),  # quetz's URLs: the same files
+            ("/get/{name}/channeldata.json", channel_data),
         ):
+            scheme = "_quetz" if path.startswith("/get/") else ""
             app.add_api_route(
                 path,
                 endpoint,
                 methods=[method],
-                operation_id=f"{method.lower()}_{endpoint.__name__}",
+                operation_id=f"{method.lower()}_{endpoint.__name__}{scheme}",
                 response_class=Response,
                 responses=FILE_RESPONSES,
                 tags=["files"],

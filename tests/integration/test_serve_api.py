@@ -174,6 +174,9 @@ def test_openapi_declares_errors(api_server: ServeProcess) -> None:
         paths["/channels/{name}/{subdir}/{filename}"]["get"]["responses"]
     )
     assert "/api/tasks/{task_id}" in paths
+    for quetz in ("/api/channels/{name}/files/", "/api/channels/{name}/upload/{filename}"):
+        assert "405" in paths[quetz]["post"]["responses"]
+    assert "/get/{name}/{subdir}/{filename}" in paths and "/api/jobs/{job_id}" in paths
 
 
 def _chromium() -> str | None:
