@@ -343,7 +343,13 @@ class ProxyChannel:
     # packages --------------------------------------------------------------------------------
 
     async def package(
-        self, scope: Scope, send: Send, subdir: str, filename: str, private: bool = False
+        self,
+        scope: Scope,
+        send: Send,
+        subdir: str,
+        filename: str,
+        private: bool = False,
+        again: bool = True,
     ) -> None:
         """Answer a request for a package that is not cached yet."""
         try:
@@ -396,10 +402,13 @@ class ProxyChannel:
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:  # in an object store by now, its scratch file gone
-            if not await self.store.send(scope, send, self.name, key, filename, private):
-                if self._downloads.get(key) is download:
-                    del self._downloads[key]  # evicted since: the next request fetches it
-                await send_text(send, 404, "not found")
+            if await self.store.send(scope, send, self.name, key, filename, private):
+                return
+            if download.state == "done" and again:  # deleted from the store since: fetch again
+                self._drop(key, download)
+                await self.package(scope, send, subdir, filename, private, again=False)
+                return
+            await send_text(send, 404, "not found")
             return
         headers.append((b"content-length", str(size).encode()))
         try:
