@@ -36,11 +36,31 @@ def add_quetz_routes(app: FastAPI, server: Server) -> None:
     _upload_routes(app, server)
 
 
+_listings: dict[str, tuple[object, list[dict[str, Any]]]] = {}
+
+
+def _read_listing(server: Server, name: str, subdirs: list[str]) -> list[dict[str, Any]]:
+    """The package listing, parsed again only when an index or channeldata.json changed (a
+    client paging through a big channel would otherwise parse every index for every page)."""
+    storage = server.store.storage(name)
+    signature = (
+        tuple((s, storage.stat(f"{s}/repodata.json")) for s in subdirs),
+        storage.stat("channeldata.json"),
+    )
+    cached = _listings.get(name)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    indexes = read_indexes(server.store, name, subdirs)
+    listing = list_packages(indexes, read_json(server.store, name))
+    if len(_listings) > 1000:
+        _listings.clear()
+    _listings[name] = (signature, listing)
+    return listing
+
+
 async def _listing(server: Server, channel: Channel) -> list[dict[str, Any]]:
     subdirs = await channel_subdirs(server, channel)
-    indexes = await asyncio.to_thread(read_indexes, server.store, channel.name, subdirs)
-    channeldata = await asyncio.to_thread(read_json, server.store, channel.name)
-    return list_packages(indexes, channeldata)
+    return await asyncio.to_thread(_read_listing, server, channel.name, subdirs)
 
 
 def _order(packages: list[dict[str, Any]], order_by: str | None) -> list[dict[str, Any]]:

@@ -8,11 +8,12 @@ import bz2
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Channel, CliResult
+from tests.conftest import Channel, CliResult, RattlerResult
 from tests.serve_support import ServeProcess, start_serve  # noqa: F401
 from tests.servers import ChannelServer
 
@@ -210,10 +211,14 @@ def test_patch_and_filters(server: ServeProcess, run_cli: Callable[..., CliResul
 
 
 def test_proxylist_is_served_from_upstream(
-    server: ServeProcess, channel_server: ChannelServer, real_channel: Channel
+    server: ServeProcess,
+    channel_server: ChannelServer,
+    real_channel: Channel,
+    rattler_install: Callable[..., RattlerResult],
+    tmp_path: Path,
 ) -> None:
     c, h = server.client, server.headers()
-    body = {"metadata": {"proxylist": ["zlib"]}}
+    body = {"metadata": {"proxylist": ["zlib", "dependency"]}}
     assert server.create_channel("pl", channel_server.url, "mirror", **body).status_code == 201
     job = c.get("/api/jobs", params={"status": ["pending", "running", "success"]}, headers=h)
     assert wait_job(server, job.json()["result"][0]["id"])["status"] == "success"
@@ -229,6 +234,11 @@ def test_proxylist_is_served_from_upstream(
     )
     assert c.get("/get/pl/linux-64/zlib-9-0.conda").status_code == 307  # upstream says 404
     assert c.get("/get/pl/linux-64/other-9-0.conda").status_code == 404
+    # a real client follows the redirect for the proxied dependency
+    result = rattler_install(f"{server.url}/get/pl", ["dependent"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {"dependent", "dependency"} <= {r["name"] for r in result.records}
+    assert not (server.root / "pl" / "noarch" / "dependency-2.0-0.conda").exists()
 
 
 def test_uploads_refused_with_405(server: ServeProcess, channel_server: ChannelServer) -> None:

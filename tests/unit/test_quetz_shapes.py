@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from condasync.engine.plan import without_proxied
 from condasync.serve.db import Channel
 from condasync.serve.quetzsettings import apply_patch, check_metadata
 from condasync.serve.quetzshapes import (
@@ -113,3 +114,13 @@ def test_patch_merges_metadata_and_refuses_other_keys() -> None:
     for body in ({"name": "d"}, {"mirror_mode": "proxy"}, {"ttl": "5"}, {"private": 1}):
         with pytest.raises(ValueError):
             apply_patch(channel, body)
+
+
+def test_without_proxied_keeps_other_names_and_odd_filenames() -> None:
+    selected: dict[str, Any] = {
+        "zlib-1.2-0.conda": 1,
+        "zlib-extra-1.0-0.conda": 2,
+        "numpy-2.0-py_0.tar.bz2": 3,
+    }
+    assert without_proxied(selected, ()) is selected  # no copy when nothing is proxied
+    assert without_proxied(selected, ("zlib", "numpy")) == {"zlib-extra-1.0-0.conda": 2}
