@@ -32,6 +32,8 @@ class MirrorJob:
     zstd_level: int | None = None  # None: 3, and an index published as is keeps upstream's .zst
     repair: bool = False
     max_delete: float = 50.0  # percent of a subdir's packages one run may delete
+    # Package names listed in the index but not copied: the server proxies their files.
+    proxied: tuple[str, ...] = ()
     s3: S3Options = field(default_factory=S3Options)
 
 

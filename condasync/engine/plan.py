@@ -140,6 +140,19 @@ def select_records(
     return {fn: lite for fn, lite in valid.items() if fn in chosen}
 
 
+def without_proxied(selected: dict[str, Lite], proxied: tuple[str, ...]) -> dict[str, Lite]:
+    """The records whose files are copied: all but those of proxied package names (their
+    records are published, their files fetched from upstream by the server on request)."""
+    if not proxied:
+        return selected
+    names = frozenset(proxied)
+    return {
+        fn: lite
+        for fn, lite in selected.items()
+        if (parts := split_filename(fn)) is None or parts[0] not in names
+    }
+
+
 def check_max_delete(
     max_delete: float, subdir: str, deletes: int, held: int, raise_error: bool = True
 ) -> bool:

@@ -30,7 +30,13 @@ from condasync.channel.urls import join, mask, mask_url, normalize_channel, secr
 from condasync.engine import fetch
 from condasync.engine.download import download_all
 from condasync.engine.job import Listener, MirrorJob
-from condasync.engine.plan import build_plan, check_max_delete, select_records, validate_records
+from condasync.engine.plan import (
+    build_plan,
+    check_max_delete,
+    select_records,
+    validate_records,
+    without_proxied,
+)
 from condasync.engine.publish import (
     delete_all,
     discard_when_ready,
@@ -153,7 +159,7 @@ class _Locker:
 
 def options_hash(job: MirrorJob, channel: str) -> str:
     """Options that shape the published index; when they change, the next run re-plans."""
-    doc = {
+    doc: dict[str, object] = {
         "url": channel,
         "filters": [job.filters.include, job.filters.exclude, job.filters.latest],
         "exclude_newer": job.filters.exclude_newer,
@@ -162,6 +168,8 @@ def options_hash(job: MirrorJob, channel: str) -> str:
         "zstd": job.zstd_level,
         "generation": GENERATION,
     }
+    if job.proxied:
+        doc["proxied"] = tuple(sorted(job.proxied))
     return hashlib.sha256(orjson.dumps(doc)).hexdigest()
 
 
@@ -367,7 +375,12 @@ def _plan_changes(
         selected = select_records(index, valid, job.filters, subdir)
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
         plan = build_plan(
-            selected, local, job.keep_removed, removed_upstream, differ, on_disk.keys()
+            without_proxied(selected, job.proxied),
+            local,
+            job.keep_removed,
+            removed_upstream,
+            differ,
+            on_disk.keys(),
         )
         # Names taken from the state map get their own copies: a few thousand of them
         # outliving the map, spread through its memory, kept about 190 MB of it resident

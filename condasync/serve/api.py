@@ -7,17 +7,21 @@ import asyncio
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi import FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import APIKeyHeader
 from fastapi_offline import FastAPIOffline
 
 from condasync import __version__
+from condasync.serve import quetzshapes
+from condasync.serve.access import Caller, Required
+from condasync.serve.access import existing as existing_channel
+from condasync.serve.access import readable as readable_channel
 from condasync.serve.catalog import channel_subdirs, read_indexes, read_json
 from condasync.serve.db import Channel, ChannelExists
 from condasync.serve.packages import list_packages
-from condasync.serve.paths import is_channel_name
+from condasync.serve.quetzapi import add_quetz_routes
+from condasync.serve.quetzsettings import describe_channels, quetz_settings
 from condasync.serve.roles import (
     Identity,
     can_create_channel,
@@ -36,42 +40,13 @@ from condasync.serve.schemas import (
     ChannelIn,
     ChannelOut,
     Deleted,
+    JobTaskOut,
     PackageOut,
     TaskOut,
     err,
 )
 from condasync.serve.server import ChannelFiles, Server
-from condasync.serve.session import api_session_key
 
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
-
-
-def caller(
-    request: Request, key: Annotated[str | None, Security(api_key_header)] = None
-) -> Identity | None:
-    """The key's identity; 403 for a key that is unknown or revoked, None for no key."""
-    if not key:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = token.strip() if scheme.lower() == "bearer" else None
-    if not key:  # the pages' session cookie, only with its CSRF token in a header
-        key = api_session_key(request.headers, request.cookies)
-    if not key:
-        return None
-    server: Server = request.app.state.server
-    who = server.identify(key)
-    if who is None:
-        raise HTTPException(403, "invalid or revoked API key")
-    return who
-
-
-def required(who: Annotated[Identity | None, Depends(caller)]) -> Identity:
-    if who is None:
-        raise HTTPException(401, "an API key is needed (X-API-Key header)")
-    return who
-
-
-Caller = Annotated[Identity | None, Depends(caller)]
-Required = Annotated[Identity, Depends(required)]
 Name = Annotated[str, Path(description="Channel name")]
 
 
@@ -108,18 +83,10 @@ def build_api(server: Server) -> FastAPI:
         return JSONResponse({"detail": errors, "message": message}, status_code=422)
 
     def existing(name: str) -> Channel:
-        channel = server.channel(name) if is_channel_name(name) else None
-        if channel is None:
-            raise HTTPException(404, f"no channel named {name!r}")
-        return channel
+        return existing_channel(server, name)
 
     def readable(name: str, who: Identity | None) -> Channel:
-        channel = existing(name)
-        if channel.private and who is None:
-            raise HTTPException(401, "this channel is private: an API key is needed")
-        if not can_read(who, channel.name, channel.private):
-            raise HTTPException(403, "this key has no role on this channel")
-        return channel
+        return readable_channel(server, name, who)
 
     @app.post(
         "/api/channels",
@@ -130,17 +97,24 @@ def build_api(server: Server) -> FastAPI:
         summary="Create a proxy or mirror channel",
     )
     def create_channel(body: ChannelIn, who: Required) -> dict[str, Any]:
+        """quetz's body is honoured: description, size_limit, metadata (includelist and
+        excludelist filter a mirror; proxylist names packages it proxies), and `actions`: a
+        mirror channel's first synchronize starts now (or at start_at) unless it is []."""
         if not can_create_channel(who):
             raise HTTPException(403, "creating channels needs the server owner or maintainer role")
         if server.channel(body.name) is not None:
             raise HTTPException(409, f"channel {body.name!r} exists")
+        try:
+            settings = quetz_settings(body)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
         channel = Channel(
             body.name,
             body.private,
             body.mirror_channel_url.rstrip("/"),
             body.mirror_mode,
             body.ttl,
-            {"max_delete": body.max_delete},
+            settings,
         )
         try:
             server.db.create_channel(channel, owner_key_id=who.key_id)
@@ -148,12 +122,19 @@ def build_api(server: Server) -> FastAPI:
             raise HTTPException(409, f"channel {body.name!r} exists") from None
         server.store.create(body.name)
         server.reload()
-        return channel.to_dict()
+        actions = ["synchronize"] if body.actions is None else body.actions
+        if body.mirror_mode == "mirror" and actions:
+            server.tasks.synchronize(
+                channel, body.start_at, body.repeat_every_seconds, action=actions[0]
+            )
+        return describe_channels(server, [channel])[0]
 
     @app.get("/api/channels", response_model=list[ChannelOut], responses=R403, tags=["channels"])
     def get_channels(who: Caller) -> list[dict[str, Any]]:
         """Every channel this caller may read (private ones only with a role on them)."""
-        return [c.to_dict() for c in server.channels() if can_read(who, c.name, c.private)]
+        return describe_channels(
+            server, [c for c in server.channels() if can_read(who, c.name, c.private)]
+        )
 
     @app.get(
         "/api/channels/{name}",
@@ -162,7 +143,7 @@ def build_api(server: Server) -> FastAPI:
         tags=["channels"],
     )
     def get_channel(name: Name, who: Caller) -> dict[str, Any]:
-        return readable(name, who).to_dict()
+        return describe_channels(server, [readable(name, who)])[0]
 
     @app.delete(
         "/api/channels/{name}",
@@ -209,7 +190,7 @@ def build_api(server: Server) -> FastAPI:
 
     @app.put(
         "/api/channels/{name}/actions",
-        response_model=TaskOut,
+        response_model=JobTaskOut,
         responses={**R401, **R403, **R404, **R405},
         tags=["tasks"],
         summary="Synchronize a mirror channel in the background",
@@ -222,8 +203,10 @@ def build_api(server: Server) -> FastAPI:
         if channel.mirror_mode != "mirror":
             kind = "a proxy channel" if channel.mirror_mode == "proxy" else "not a mirror channel"
             raise HTTPException(405, f"cannot synchronize {name!r}: {kind}")
-        task, _new = server.tasks.synchronize(channel, body.start_at, body.repeat_every_seconds)
-        return task.to_dict()
+        task, _new = server.tasks.synchronize(
+            channel, body.start_at, body.repeat_every_seconds, action=body.action
+        )
+        return {**task.to_dict(), **quetzshapes.job(task.to_dict(), task.created_at, task.start_at)}
 
     @app.get(
         "/api/tasks/{task_id}", response_model=TaskOut, responses={404: err("No such task")},
@@ -235,19 +218,7 @@ def build_api(server: Server) -> FastAPI:
             raise HTTPException(404, f"no task {task_id}")
         return task.to_dict()
 
-    @app.post(
-        "/api/channels/{name}/files",
-        status_code=201,
-        responses={**R401, **R403, **R404, 405: err("The channel is read only")},
-        tags=["channels"],
-        summary="Upload packages (proxy and mirror channels are read only)",
-    )
-    def upload(name: Name, who: Required) -> None:
-        channel = existing(name)
-        if not can_synchronize(who, channel.name):
-            raise HTTPException(403, "uploading needs the channel owner or maintainer role")
-        kind = channel.mirror_mode or "static"
-        raise HTTPException(405, f"channel {name!r} is read only ({kind} channel)")
+    add_quetz_routes(app, server)
 
     async def channel_file(name: Name, subdir: str, filename: str, request: Request) -> Response:
         """A channel file: an index or a package. Proxy channels fetch from upstream on a
@@ -263,12 +234,15 @@ def build_api(server: Server) -> FastAPI:
         for path, endpoint in (
             ("/channels/{name}/{subdir}/{filename}", channel_file),
             ("/channels/{name}/channeldata.json", channel_data),
+            ("/get/{name}/{subdir}/{filename}", channel_file),  # quetz's URLs: the same files
+            ("/get/{name}/channeldata.json", channel_data),
         ):
+            scheme = "_quetz" if path.startswith("/get/") else ""
             app.add_api_route(
                 path,
                 endpoint,
                 methods=[method],
-                operation_id=f"{method.lower()}_{endpoint.__name__}",
+                operation_id=f"{method.lower()}_{endpoint.__name__}{scheme}",
                 response_class=Response,
                 responses=FILE_RESPONSES,
                 tags=["files"],

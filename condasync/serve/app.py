@@ -22,7 +22,7 @@ class App:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(("/channels/", "/t/")) and not is_page(path):
+            if path.startswith(("/channels/", "/t/", "/get/")) and not is_page(path):
                 await self.files(scope, receive, send)
                 return
             if scope["method"] in ("POST", "PUT", "PATCH"):

@@ -1,5 +1,6 @@
 """PURE: the package listing of a channel: each name with its latest version (ordered by
-rattler's conda version rules), summary and subdirs, optionally filtered by a substring."""
+rattler's conda version rules), summary, description, home URL, subdirs and the time of its
+latest version (quetz's latest_change), optionally filtered by a substring."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from rattler import Version
 
 from condasync.models import Record
+from condasync.serve.quetzshapes import from_ms
 
 
 def _version(text: str) -> Version | None:
@@ -25,6 +27,7 @@ def list_packages(
 ) -> list[dict[str, Any]]:
     """indexes: subdir -> {filename: record}. Sorted by name."""
     latest: dict[str, tuple[Version | None, str]] = {}
+    changed: dict[str, dict[str, int]] = {}  # name -> version -> newest timestamp
     subdirs: dict[str, set[str]] = {}
     summaries: dict[str, str] = {}
     needle = (query or "").strip().lower()
@@ -40,6 +43,10 @@ def list_packages(
             best = latest.get(name)
             if best is None or _newer(parsed, version, best):
                 latest[name] = (parsed, version)
+            stamp = record.get("timestamp")
+            if isinstance(stamp, (int, float)) and not isinstance(stamp, bool):
+                seen = changed.setdefault(name, {})
+                seen[version] = max(seen.get(version, 0), int(stamp))
             summary = record.get("summary")
             if isinstance(summary, str) and name not in summaries:
                 summaries[name] = summary
@@ -47,10 +54,12 @@ def list_packages(
     out = []
     for name in sorted(latest):
         info = described.get(name) if isinstance(described, dict) else None
+        info = info if isinstance(info, dict) else {}
         summary = summaries.get(name)
-        if isinstance(info, dict) and isinstance(info.get("summary"), str):
+        if isinstance(info.get("summary"), str):
             summary = info["summary"]
         version = latest[name][1]
+        description, home = info.get("description"), info.get("home")
         out.append(
             {
                 "name": name,
@@ -59,6 +68,9 @@ def list_packages(
                 "summary": summary,
                 "subdirs": sorted(subdirs[name]),
                 "platforms": sorted(subdirs[name]),  # quetz's name for it
+                "description": description if isinstance(description, str) else None,
+                "url": home if isinstance(home, str) else None,
+                "latest_change": from_ms(changed.get(name, {}).get(version)),
             }
         )
     return out

@@ -28,6 +28,8 @@ INDEX_NAMES = frozenset(
         "repodata_shards.msgpack.zst",
     }
 )
+# `/channels/<name>/...` and quetz's `/get/<name>/...`: one parser, one handler for both.
+FILE_PREFIXES = ("channels", "get")
 CHANNEL_ROOT_FILES = frozenset({"channeldata.json"})
 PACKAGE_CACHE = "public, max-age=31536000, immutable"
 INDEX_CACHE = "public, max-age=30, must-revalidate"
@@ -63,8 +65,9 @@ def _segment(raw: str) -> str | None:
 
 @lru_cache(maxsize=8192)
 def parse_file_path(raw_path: str) -> FilePath | None:
-    """`/channels/<name>/<subdir>/<file>` or `/channels/<name>/channeldata.json` (optionally
-    behind `/t/<key>`), from the raw request path; None for anything else, traversal included."""
+    """`/channels/<name>/<subdir>/<file>` or `/channels/<name>/channeldata.json`, or the same
+    under quetz's `/get/` (either optionally behind `/t/<key>`), from the raw request path;
+    None for anything else, traversal included."""
     if "?" in raw_path or "#" in raw_path:
         return None
     parts = raw_path.split("/")
@@ -77,7 +80,7 @@ def parse_file_path(raw_path: str) -> FilePath | None:
         if not token or any(c in token for c in "/\\\x00"):
             return None
         parts = parts[2:]
-    if len(parts) not in (3, 4) or parts[0] != "channels":
+    if len(parts) not in (3, 4) or parts[0] not in FILE_PREFIXES:
         return None
     segments = [_segment(p) for p in parts[1:]]
     if any(s is None for s in segments):

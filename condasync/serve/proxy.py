@@ -47,6 +47,7 @@ PROXY_STATE = "proxy"
 RETRY_FAILED_AFTER = 1.0  # seconds between refresh attempts while upstream keeps failing
 KNOWN_CACHED = 10.0  # seconds an index seen in an object store is trusted to still be there
 PUBLISH_WAIT = 10.0  # seconds a replica waits for another one publishing the same index
+DONE_KEPT = 60.0  # seconds a finished download into an object store stays joinable
 _T = TypeVar("_T")
 
 
@@ -119,6 +120,10 @@ class ProxyChannel:
             flight.add_done_callback(lambda _f: self._flights.pop(key, None))
         result: _T = await asyncio.shield(flight)
         return result
+
+    async def once(self, key: str, make: Callable[[], Awaitable[_T]]) -> _T:
+        """Single flight for work kept outside this class (the bz2 check)."""
+        return await self._once(key, make)
 
     # indexes ---------------------------------------------------------------------------------
 
@@ -340,7 +345,13 @@ class ProxyChannel:
     # packages --------------------------------------------------------------------------------
 
     async def package(
-        self, scope: Scope, send: Send, subdir: str, filename: str, private: bool = False
+        self,
+        scope: Scope,
+        send: Send,
+        subdir: str,
+        filename: str,
+        private: bool = False,
+        again: bool = True,
     ) -> None:
         """Answer a request for a package that is not cached yet."""
         try:
@@ -364,9 +375,16 @@ class ProxyChannel:
             await send({"type": "http.response.body", "body": b""})
             return
         key = f"{subdir}/{filename}"
-        download = self._downloads.get(key)
+        download = self._joinable(key)
         if download is None:
-            download = self._start_download(subdir, filename, size, digest)
+            # Committed while this request awaited the index: no second upstream GET.
+            if (
+                isinstance(self.storage, LocalStorage)
+                and os.path.exists(self.storage.path(key))
+                and await self.store.send(scope, send, self.name, key, filename, private)
+            ):
+                return
+            download = self._joinable(key) or self._start_download(subdir, filename, size, digest)
         if any(name == b"range" for name, _ in scope["headers"]):
             # A range of a file still in flight: wait for the verified file, then serve it.
             while download.state not in ("done", "failed"):
@@ -386,8 +404,13 @@ class ProxyChannel:
         try:
             fd = os.open(where, os.O_RDONLY)
         except FileNotFoundError:  # in an object store by now, its scratch file gone
-            if not await self.store.send(scope, send, self.name, key, filename, private):
-                await send_text(send, 404, "not found")
+            if await self.store.send(scope, send, self.name, key, filename, private):
+                return
+            if download.state == "done" and again:  # deleted from the store since: fetch again
+                self._drop(key, download)
+                await self.package(scope, send, subdir, filename, private, again=False)
+                return
+            await send_text(send, 404, "not found")
             return
         headers.append((b"content-length", str(size).encode()))
         try:
@@ -410,12 +433,28 @@ class ProxyChannel:
         task.add_done_callback(lambda _t: self._forget(key, download))
         return download
 
+    def _joinable(self, key: str) -> Download | None:
+        """The download to share for key. On disk a finished one is not shared: its file is
+        in place (or was evicted since), which the caller checks without awaiting."""
+        download = self._downloads.get(key)
+        if download is not None and download.state == "done" and self.store.local:
+            return None
+        return download
+
     def _forget(self, key: str, download: Download) -> None:
-        if self._downloads.get(key) is download:
-            del self._downloads[key]
         if not isinstance(self.storage, LocalStorage):
             # Relays still sending hold it open; new requests go to the object store.
             download.temp.unlink(missing_ok=True)
+            if download.state == "done":
+                # Still findable a while: a request that found no object before the upload
+                # completed must join this download, not start a second upstream GET.
+                asyncio.get_running_loop().call_later(DONE_KEPT, self._drop, key, download)
+                return
+        self._drop(key, download)
+
+    def _drop(self, key: str, download: Download) -> None:
+        if self._downloads.get(key) is download:
+            del self._downloads[key]
 
     async def _commit(self, temp: Path, key: str) -> None:
         """Make a verified file the cached one: a rename on disk, an upload to S3 (the object

@@ -15,6 +15,29 @@ class Error(BaseModel):
     detail: str
 
 
+class ChannelMetadata(BaseModel):
+    """quetz's channel metadata: mirror filters (package names or MatchSpecs) and the names a
+    mirror channel proxies instead of copying."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    includelist: list[str] | None = None
+    excludelist: list[str] | None = None
+    proxylist: list[str] | None = None
+
+
+ACTIONS = ("synchronize", "synchronize_repodata")
+
+
+def check_action(value: str) -> str:
+    if value not in ACTIONS:
+        raise ValueError(
+            f"action {value!r} has no meaning here; accepted: {', '.join(ACTIONS)}"
+            " (synchronize_repodata fetches indexes and packages, as synchronize does)"
+        )
+    return value
+
+
 class ChannelIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -30,6 +53,22 @@ class ChannelIn(BaseModel):
         description="Mirror channels: a synchronize that would delete more than this percent"
         " of a subdir's packages fails and changes nothing (100 allows any shrink).",
     )
+
+    description: str | None = Field(None, max_length=300)
+    size_limit: int | None = Field(None, ge=0, description="Kept for quetz clients; not enforced")
+    metadata: ChannelMetadata = Field(default_factory=ChannelMetadata)
+    actions: list[str] | None = Field(
+        None,
+        description="Mirror channels: the first synchronize starts at creation unless this is"
+        " [] (synchronize or synchronize_repodata).",
+    )
+    start_at: datetime | None = Field(None, description="When the first synchronize starts")
+    repeat_every_seconds: int | None = Field(None, ge=1)
+
+    @field_validator("actions")
+    @classmethod
+    def _actions(cls, value: list[str] | None) -> list[str] | None:
+        return value if value is None else [check_action(a) for a in value]
 
     @field_validator("mirror_channel_url")
     @classmethod
@@ -49,12 +88,22 @@ class ChannelOut(BaseModel):
     )
     ttl: int
     max_delete: float = 50
+    description: str | None = None
+    size_limit: int | None = None
+    members_count: int = 0
+    packages_count: int = 0
+    metadata: ChannelMetadata = Field(default_factory=ChannelMetadata)
 
 
 class ActionIn(BaseModel):
-    action: Literal["synchronize"]
+    action: str = Field(examples=list(ACTIONS), description=f"One of {', '.join(ACTIONS)}")
     start_at: datetime | None = None
     repeat_every_seconds: int | None = Field(None, ge=1)
+
+    @field_validator("action")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        return check_action(value)
 
 
 class TaskOut(BaseModel):
@@ -71,6 +120,15 @@ class TaskOut(BaseModel):
     error: str | None
 
 
+class JobTaskOut(TaskOut):
+    """A task, with quetz's job fields too (the id works with /api/tasks and /api/jobs)."""
+
+    manifest: str
+    created: str | None
+    owner_id: str | None = None
+    items_spec: str | None = None
+
+
 class PackageOut(BaseModel):
     name: str
     latest_version: str
@@ -78,6 +136,9 @@ class PackageOut(BaseModel):
     summary: str | None
     subdirs: list[str]
     platforms: list[str]
+    description: str | None = None
+    url: str | None = None
+    latest_change: str | None = None
 
 
 class Deleted(BaseModel):

@@ -16,6 +16,8 @@ from condasync.serve.files import Headers, Receive, Scope, Send, send_text
 from condasync.serve.listed import ListedNames
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
 from condasync.serve.proxy import ProxyChannel, ProxyError
+from condasync.serve.proxybz2 import bz2_cache
+from condasync.serve.quetzshapes import proxied_url
 from condasync.serve.roles import Identity, can_read
 from condasync.serve.s3files import StorageUnavailable
 from condasync.serve.store import LocalChannels, S3Channels
@@ -201,6 +203,9 @@ class ChannelFiles:
                 await send_text(send, 401, "this channel needs an API key", head=head)
                 return
             who = await asyncio.to_thread(self.server.identify, key)
+            if who is None:  # unknown or revoked: unauthenticated, as in quetz
+                await send_text(send, 401, "invalid or revoked API key", head=head)
+                return
             if not can_read(who, channel.name, True):
                 await send_text(send, 403, "this key has no role on this channel", head=head)
                 return
@@ -208,7 +213,13 @@ class ChannelFiles:
             if channel.mirror_mode == "proxy":
                 await self._proxy(scope, send, channel, path)
             elif not await self._send(scope, send, channel, path):
-                await send_text(send, 404, "not found", head=head)
+                url = proxied_url(
+                    channel.mirror_mode, channel.mirror_channel_url, channel.settings, path.relpath
+                )
+                if url is not None:  # quetz's proxylist: upstream serves the file
+                    await send_text(send, 307, "proxied", [(b"location", url.encode())], head=head)
+                else:
+                    await send_text(send, 404, "not found", head=head)
         except StorageUnavailable as exc:
             LOG.warning("%s/%s: storage failed: %s", channel.name, path.relpath, exc)
             await send_text(send, 502, f"storage unavailable: {exc}", head=head)
@@ -246,6 +257,15 @@ class ChannelFiles:
             extra = proxy.stale_headers(meta) if stale else []
             if not await self._send(scope, send, channel, path, extra):
                 proxy.forget_cached(path.subdir)
+                await send_text(send, 404, "not found", head=head)
+            return
+        if path.subdir and path.filename == "repodata.json.bz2":
+            try:
+                sent = await bz2_cache(proxy).send(scope, send, path.subdir, channel.private)
+            except ProxyError as exc:
+                await send_text(send, exc.status, exc.message, head=head)
+                return
+            if not sent:  # upstream has none of this very snapshot
                 await send_text(send, 404, "not found", head=head)
             return
         if not path.subdir:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
+from condasync.engine.filters import Filters
 from condasync.engine.job import MirrorJob
 from condasync.engine.sync import run_mirror
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
@@ -53,7 +54,11 @@ class TaskRunner:
                 LOG.warning("task heartbeat failed: %s", exc)
 
     def synchronize(
-        self, channel: Channel, start_at: datetime | None, repeat: int | None
+        self,
+        channel: Channel,
+        start_at: datetime | None,
+        repeat: int | None,
+        action: str = "synchronize",
     ) -> tuple[Task, bool]:
         """The channel's pending or running task if there is one (whichever replica started
         it), else a new one run here; (task, new)."""
@@ -64,9 +69,7 @@ class TaskRunner:
                 active = self.db.active_task(channel.name)
                 if active is not None:
                     return active, False
-                task = self.db.create_task(
-                    channel.name, "synchronize", start_at, repeat, owner=self.me
-                )
+                task = self.db.create_task(channel.name, action, start_at, repeat, owner=self.me)
                 if task is not None:
                     break
                 # Another replica created one between our read and our insert: return it.
@@ -114,7 +117,7 @@ class TaskRunner:
             with self._lock:
                 task = self.db.create_task(
                     channel.name,
-                    "synchronize",
+                    task.action,
                     utcnow() + timedelta(seconds=repeat),
                     repeat,
                     owner=self.me,
@@ -122,11 +125,19 @@ class TaskRunner:
 
     def _sync(self, task: Task, channel: Channel) -> None:
         try:
+            # The settings of now: a PATCH since the task was queued applies to this run.
+            channel = self.db.channel(channel.name) or channel
+            lists = channel.settings.get("metadata") or {}
             report = run_mirror(
                 MirrorJob(
                     url=channel.mirror_channel_url or "",
                     target=self.store.mirror_target(channel.name),
+                    filters=Filters(
+                        include=tuple(lists.get("includelist") or ()),
+                        exclude=tuple(lists.get("excludelist") or ()),
+                    ),
                     max_delete=float(channel.settings.get("max_delete", 50)),
+                    proxied=tuple(lists.get("proxylist") or ()),
                     s3=self.store.s3_options,
                 )
             )

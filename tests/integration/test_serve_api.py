@@ -51,8 +51,8 @@ def test_every_write_needs_a_key_and_a_role(
     member = _member_key(api_server, run_cli, "--role", "member")
     for method, url, body in WRITES:
         assert c.request(method, url, json=body).status_code == 401, (method, url)
-        bad = {"X-API-Key": "cs_not-a-key"}
-        assert c.request(method, url, json=body, headers=bad).status_code == 403, (method, url)
+        bad = {"X-API-Key": "cs_not-a-key"}  # unknown key: unauthenticated, as in quetz
+        assert c.request(method, url, json=body, headers=bad).status_code == 401, (method, url)
         r = c.request(method, url, json=body, headers={"X-API-Key": member})
         assert r.status_code == 403, (method, url, r.status_code)
         assert "detail" in r.json()
@@ -103,7 +103,7 @@ def test_private_channel_needs_a_role_for_files_too(
     assert r.status_code == 201
     url = "/channels/secret/noarch/repodata.json"
     assert c.get(url).status_code == 401
-    assert c.get(url, headers={"X-API-Key": "cs_wrong"}).status_code == 403
+    assert c.get(url, headers={"X-API-Key": "cs_wrong"}).status_code == 401
     outsider = _member_key(api_server, run_cli, "--role", "member")
     assert c.get(url, headers={"X-API-Key": outsider}).status_code == 403
     reader = _member_key(api_server, run_cli, "--role", "member", "--channel", "secret")
@@ -121,7 +121,8 @@ def test_private_channel_needs_a_role_for_files_too(
     assert c.delete("/api/channels/secret", headers={"X-API-Key": reader}).status_code == 403
     # revoking works at once
     assert run_cli("apikey", "revoke", api_server.root, reader[:12]).returncode == 0
-    assert c.get(url, headers={"X-API-Key": reader}).status_code == 403
+    assert c.get(url, headers={"X-API-Key": reader}).status_code == 401
+    assert c.get("/api/channels/secret", headers={"X-API-Key": reader}).status_code == 401
 
 
 def test_delete_removes_channel_and_files(api_server: ServeProcess) -> None:
@@ -174,6 +175,9 @@ def test_openapi_declares_errors(api_server: ServeProcess) -> None:
         paths["/channels/{name}/{subdir}/{filename}"]["get"]["responses"]
     )
     assert "/api/tasks/{task_id}" in paths
+    for quetz in ("/api/channels/{name}/files/", "/api/channels/{name}/upload/{filename}"):
+        assert "405" in paths[quetz]["post"]["responses"]
+    assert "/get/{name}/{subdir}/{filename}" in paths and "/api/jobs/{job_id}" in paths
 
 
 def _chromium() -> str | None:

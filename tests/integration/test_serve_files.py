@@ -130,14 +130,18 @@ TRAVERSALS = [
 
 
 def test_traversal_is_404_and_never_leaks(tree_server: ServeProcess) -> None:
-    for target in TRAVERSALS:
+    # quetz's /get/ scheme goes through the same handler: every form is refused there too
+    quetz = [t.replace("/channels/", "/get/", 1) for t in TRAVERSALS]
+    for target in TRAVERSALS + quetz:
         for method in ("GET", "HEAD"):
             status, body = raw_get(tree_server.port, target, method)
             assert status in (400, 404), (target, status)
             assert status == 404 or b"secret" not in body, target
             assert SECRET not in body and b"root:" not in body, target
-    # the legitimate file is still served
+    # the legitimate file is still served, under both schemes, with the same bytes
     assert raw_get(tree_server.port, f"/channels/static/{PKG}")[0] == 200
+    status, body = raw_get(tree_server.port, f"/get/static/{PKG}")
+    assert status == 200 and body == (REAL_CHANNEL / PKG).read_bytes()
 
 
 def test_plain_tree_listed_and_read_only(tree_server: ServeProcess) -> None:

@@ -71,7 +71,7 @@ def test_scheduled_and_failed_tasks(
 ) -> None:
     server = start_serve()
     c, headers = server.client, server.headers()
-    assert server.create_channel("later", fault_server.url, "mirror").status_code == 201
+    assert server.create_channel("later", fault_server.url, "mirror", actions=[]).status_code == 201
     body = {
         "action": "synchronize",
         "start_at": "2000-01-01T00:00:00Z",
@@ -84,7 +84,9 @@ def test_scheduled_and_failed_tasks(
     pending = c.put("/api/channels/later/actions", json={"action": "synchronize"}, headers=headers)
     assert pending.json()["status"] == "pending" and pending.json()["id"] != task["id"]
     # an unreachable upstream fails the task with the engine's message
-    assert server.create_channel("gone", "http://127.0.0.1:9", "mirror").status_code == 201
+    assert (
+        server.create_channel("gone", "http://127.0.0.1:9", "mirror", actions=[]).status_code == 201
+    )
     r = c.put("/api/channels/gone/actions", json={"action": "synchronize"}, headers=headers)
     failed = server.wait_task(r.json()["id"])
     assert failed["status"] == "failed" and failed["error"], json.dumps(failed)

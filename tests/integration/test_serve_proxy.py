@@ -60,7 +60,13 @@ def test_json_and_zst_are_one_snapshot(
     channeldata = {
         "channeldata_version": 1,
         "subdirs": ["linux-64", "noarch", "osx-64"],
-        "packages": {"zlib": {"summary": "compression library"}},
+        "packages": {
+            "zlib": {
+                "summary": "compression library",
+                "description": "A massively spiffy compression library",
+                "home": "https://zlib.net",
+            }
+        },
     }
     (real_channel.root / "channeldata.json").write_text(json.dumps(channeldata))
     server = start_serve()
@@ -90,6 +96,9 @@ def test_json_and_zst_are_one_snapshot(
             "summary": "compression library",
             "subdirs": ["linux-64", "osx-64"],
             "platforms": ["linux-64", "osx-64"],
+            "description": "A massively spiffy compression library",
+            "url": "https://zlib.net",
+            "latest_change": "2018-11-21T15:45:00.324000",  # the newest 1.2.11 build's timestamp
         }
     ]
 

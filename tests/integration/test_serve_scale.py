@@ -114,7 +114,7 @@ def test_two_replicas_share_postgres_and_one_bucket(
     assert not [o.relpath for o in cache.list(".condasync") if o.relpath.endswith(".lock")]
 
     # a synchronize asked of A and of B at the same moment runs once
-    assert a.create_channel("mir", fault_server.url, "mirror").status_code == 201
+    assert a.create_channel("mir", fault_server.url, "mirror", actions=[]).status_code == 201
     fault_server.fault(f"/{ZLIB}", "slow", chunk=32768, interval=0.1)  # keeps the sync busy
     fault_server.clear_log()
     answers: dict[str, dict[str, Any]] = {}

@@ -18,38 +18,48 @@ from condasync.serve.roles import (
     new_key,
 )
 
+PATH_CASES = [
+    ("/channels/c/noarch/repodata.json", FilePath("c", "noarch", "repodata.json")),
+    ("/channels/c/linux-64/a-1.0-0.conda", FilePath("c", "linux-64", "a-1.0-0.conda")),
+    ("/channels/c/noarch/a-1%211.0-0.conda", FilePath("c", "noarch", "a-1!1.0-0.conda")),
+    ("/channels/c/channeldata.json", FilePath("c", "", "channeldata.json")),
+    ("/t/k1/channels/c/noarch/x.conda", FilePath("c", "noarch", "x.conda", "k1")),
+    ("/channels/c/../x", None),
+    ("/channels/c/noarch/..", None),
+    ("/channels/c/%2e%2e/x/y", None),
+    ("/channels/c/noarch/%2e%2e", None),
+    ("/channels/c/noarch%2f..%2fx", None),
+    ("/channels/c/noarch/a%2fb", None),
+    ("/channels/c/noarch/a%5cb", None),
+    ("/channels/c/noarch/a\\b", None),
+    ("/channels/c/noarch/a%00b", None),
+    ("/channels/c/noarch/.hidden", None),
+    ("/channels/c//etc", None),
+    ("/channels/c/noarch/", None),
+    ("/channels/C/noarch/x", None),
+    ("/channels/c/Linux/x", None),
+    ("/channels/c/noarch/a/b", None),
+    ("/channels/c/other.json", None),
+    ("/channels/c/noarch/%ff", None),
+    ("channels/c/noarch/x", None),
+    ("/other/c/noarch/x", None),
+    ("/get/c/noarch/x.conda", FilePath("c", "noarch", "x.conda")),
+    ("/t/k1/get/c/noarch/x.conda", FilePath("c", "noarch", "x.conda", "k1")),
+    ("/get/c/../x", None),
+    ("/getx/c/noarch/x", None),
+]
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("/channels/c/noarch/repodata.json", FilePath("c", "noarch", "repodata.json")),
-        ("/channels/c/linux-64/a-1.0-0.conda", FilePath("c", "linux-64", "a-1.0-0.conda")),
-        ("/channels/c/noarch/a-1%211.0-0.conda", FilePath("c", "noarch", "a-1!1.0-0.conda")),
-        ("/channels/c/channeldata.json", FilePath("c", "", "channeldata.json")),
-        ("/t/k1/channels/c/noarch/x.conda", FilePath("c", "noarch", "x.conda", "k1")),
-        ("/channels/c/../x", None),
-        ("/channels/c/noarch/..", None),
-        ("/channels/c/%2e%2e/x/y", None),
-        ("/channels/c/noarch/%2e%2e", None),
-        ("/channels/c/noarch%2f..%2fx", None),
-        ("/channels/c/noarch/a%2fb", None),
-        ("/channels/c/noarch/a%5cb", None),
-        ("/channels/c/noarch/a\\b", None),
-        ("/channels/c/noarch/a%00b", None),
-        ("/channels/c/noarch/.hidden", None),
-        ("/channels/c//etc", None),
-        ("/channels/c/noarch/", None),
-        ("/channels/C/noarch/x", None),
-        ("/channels/c/Linux/x", None),
-        ("/channels/c/noarch/a/b", None),
-        ("/channels/c/other.json", None),
-        ("/channels/c/noarch/%ff", None),
-        ("channels/c/noarch/x", None),
-        ("/other/c/noarch/x", None),
-    ],
-)
+
+@pytest.mark.parametrize(("raw", "expected"), PATH_CASES)
 def test_parse_file_path(raw: str, expected: FilePath | None) -> None:
     assert parse_file_path(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [r for r, _ in PATH_CASES if "/channels/" in r])
+def test_quetz_get_scheme_shares_the_parser(raw: str) -> None:
+    """quetz's /get/<channel>/... names the same files, and refuses the same paths."""
+    quetz = raw.replace("/channels/", "/get/", 1)
+    assert parse_file_path(quetz) == parse_file_path(raw)
 
 
 @pytest.mark.parametrize(
