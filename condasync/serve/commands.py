@@ -90,6 +90,19 @@ def serve(
             "bucket lock (the database still runs one task per channel at a time).",
         ),
     ] = False,
+    access_log: Annotated[
+        str | None,
+        typer.Option(
+            "--access-log", metavar="-|PATH", help="One JSON line per request, to stdout or PATH."
+        ),
+    ] = None,
+    metrics_key_only: Annotated[
+        bool,
+        typer.Option("--metrics-key-only", help="/metrics needs a key with a server role."),
+    ] = False,
+    no_metrics: Annotated[
+        bool, typer.Option("--no-metrics", help="No /metrics and no metric bookkeeping.")
+    ] = False,
 ) -> None:
     """Serve every channel under DIR (or --storage s3://...) at /channels/<name>, with the API
     at /api (docs: /docs). Replicas share state with --db postgresql://... and --storage."""
@@ -123,7 +136,8 @@ def serve(
     if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
-    _run(target, database, store, host, port, upstream_timeout)
+    observe = _observe_options(access_log, metrics_key_only, no_metrics)
+    _run(target, database, store, host, port, upstream_timeout, observe)
 
 
 def _open_store(target: Path, storage: str | None, options: S3Options):  # type: ignore[no-untyped-def]
@@ -140,8 +154,31 @@ def _open_store(target: Path, storage: str | None, options: S3Options):  # type:
     return store
 
 
+def _observe_options(
+    access_log: str | None, metrics_key_only: bool, no_metrics: bool
+) -> dict[str, object]:
+    """App keyword arguments for the access log and metrics (the log file opened now)."""
+    from condasync.serve.accesslog import AccessLog
+
+    if metrics_key_only and no_metrics:
+        raise _fail("--metrics-key-only and --no-metrics exclude each other")
+    log = None
+    if access_log is not None:
+        try:
+            log = AccessLog(access_log)
+        except OSError as exc:
+            raise _fail(f"cannot open the access log {access_log}: {exc.strerror}") from None
+    return {"access_log": log, "metrics_key_only": metrics_key_only, "metrics": not no_metrics}
+
+
 def _run(
-    target: Path, database: object, store: object, host: str, port: int, upstream_timeout: float
+    target: Path,
+    database: object,
+    store: object,
+    host: str,
+    port: int,
+    upstream_timeout: float,
+    observe: dict[str, object] | None = None,
 ) -> None:
     import uvicorn
 
@@ -159,7 +196,7 @@ def _run(
     print(f"serving {store.label} at http://{host}:{port}/channels/<name> (API docs: /docs)",
           file=sys.stderr, flush=True)  # fmt: skip
     uvicorn.run(
-        App(server),
+        App(server, **(observe or {})),  # type: ignore[arg-type]
         host=host,
         port=port,
         log_level="warning",

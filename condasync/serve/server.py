@@ -12,6 +12,7 @@ from pathlib import Path
 
 from condasync.serve.db import Channel, Database
 from condasync.serve.files import Headers, Receive, Scope, Send, send_text
+from condasync.serve.metrics import note_cache
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
 from condasync.serve.proxy import ProxyChannel, ProxyError
 from condasync.serve.roles import Identity, can_read
@@ -107,6 +108,10 @@ class Server:
                 self._absent.clear()
             self._absent[name] = now
         return None
+
+    def known_channel(self, name: str) -> bool:
+        """Whether name is a channel seen lately (from memory: bounds metric labels)."""
+        return name in self._channels or name in self._static
 
     async def find(self, name: str) -> Channel | None:
         """`channel()` for the event loop: from memory when fresh, else in a worker thread."""
@@ -219,6 +224,7 @@ class ChannelFiles:
         )
 
     async def _proxy(self, scope: Scope, send: Send, channel: Channel, path: FilePath) -> None:
+        scope["condasync.started"] = time.time()
         proxy = self.server.proxy(channel)
         head = scope["method"] == "HEAD"
         if path.subdir and path.filename in PROXY_INDEXES:
@@ -231,6 +237,9 @@ class ChannelFiles:
             if not await self._send(scope, send, channel, path, extra):
                 proxy.forget_cached(path.subdir)
                 await send_text(send, 404, "not found", head=head)
+            else:
+                fresh = meta.fetched_at >= scope.get("condasync.started", 0.0)
+                note_cache(scope, channel.name, "stale" if stale else "miss" if fresh else "hit")
             return
         if not path.subdir:
             if not (await proxy.channeldata() and await self._send(scope, send, channel, path)):
@@ -238,7 +247,9 @@ class ChannelFiles:
             return
         if not is_package(path.filename):
             await send_text(send, 404, "not found", head=head)
-        elif not await self._send(scope, send, channel, path):
+        elif await self._send(scope, send, channel, path):
+            note_cache(scope, channel.name, "hit")
+        else:
             try:
                 await proxy.package(scope, send, path.subdir, path.filename, channel.private)
             except ProxyAborted as exc:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 from condasync.engine.job import MirrorJob
 from condasync.engine.sync import run_mirror
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
+from condasync.serve.metrics import METRICS
 from condasync.serve.store import ChannelStore
 
 LOG = logging.getLogger("uvicorn.error")
@@ -113,6 +115,7 @@ class TaskRunner:
                 )
 
     def _sync(self, task: Task, channel: Channel) -> None:
+        started = time.monotonic()
         try:
             report = run_mirror(
                 MirrorJob(
@@ -130,3 +133,4 @@ class TaskRunner:
         except Exception as exc:  # a bug must still end the task, not leave it running
             doc, status, error = None, "failed", f"{type(exc).__name__}: {exc}"
         self.db.update_task(task.id, status=status, report=doc, error=error, finished_at=utcnow())
+        METRICS.sync_finished(channel.name, status, time.monotonic() - started)

@@ -1,0 +1,72 @@
+"""The JSON access log of `serve --access-log -|PATH`: one line per request, and the request
+path as it may be logged (a `/t/<key>/` token removed, never a query string)."""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from datetime import datetime, timezone
+from typing import IO
+
+import orjson
+
+from condasync.serve.files import Scope
+
+_TOKEN = re.compile(r"^/t/[^/]*(?=/|$)")
+
+
+def clean_path(scope: Scope) -> str:
+    """The request path without any `/t/<key>` token (raw, so nothing is decoded twice)."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else str(scope["path"])
+    path = path.split("?", 1)[0]
+    if path.startswith("/t/"):
+        path = _TOKEN.sub("", path) or "/"
+    return path
+
+
+class AccessLog:
+    """Appends one JSON object per request to a file, or to stdout for `-`."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._stream: IO[bytes] = (
+            sys.stdout.buffer if target == "-" else open(target, "ab", buffering=0)  # noqa: SIM115
+        )
+        self._lock = threading.Lock()
+
+    def write(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        sent: int,
+        seconds: float,
+        channel: str | None,
+        cache: str | None,
+        request_id: str,
+    ) -> None:
+        now = datetime.now(timezone.utc)
+        line = orjson.dumps(
+            {
+                "time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "method": method,
+                "path": path,
+                "status": status,
+                "bytes": sent,
+                "duration_s": round(seconds, 6),
+                "channel": channel,
+                "cache": cache,
+                "request_id": request_id,
+            }
+        )
+        with self._lock:
+            self._stream.write(line + b"\n")
+            if self.target == "-":
+                self._stream.flush()
+
+    def close(self) -> None:
+        if self.target != "-":
+            self._stream.close()
