@@ -102,19 +102,19 @@ def load_runs(storage: Storage) -> dict[str, SubdirRun]:
     return parse_runs(storage.read(RUNS_FILE))
 
 
-def _only_times_moved(old: dict[str, SubdirRun], new: dict[str, SubdirRun]) -> bool:
-    """Whether a record differs from the last one only by run times (a no-op run)."""
+def _noop_within_interval(old: dict[str, SubdirRun], new: dict[str, SubdirRun]) -> bool:
+    """Whether this run was a no-op that changes nothing the record says but its times, and
+    the record is recent enough to leave as it is (an object store's PUT saved)."""
     if old.keys() != new.keys():
         return False
     for name, run in new.items():
         before = old[name]
-        if before.last_run < time.time() - RECORD_EVERY:
+        if not run.unchanged or before.last_run < time.time() - RECORD_EVERY:
             return False
-        same = dataclasses.replace(
-            run, last_run=before.last_run, last_success=before.last_success,
-            duration_s=before.duration_s,
-        )  # fmt: skip
-        if same != before or (before.last_success is None) != (run.last_success is None):
+        kept = ("upstream", "exit_code", "incomplete", "packages", "bytes")
+        if any(getattr(run, k) != getattr(before, k) for k in kept):
+            return False
+        if before.last_success is None:
             return False
     return True
 
@@ -129,7 +129,7 @@ def record_run(storage: Storage | None, report: MirrorReport) -> dict[str, Subdi
     runs = update_runs(previous, report, time.time())
     if storage is None or report.dry_run or report.exit_code == EXIT_LOCKED:
         return runs  # a dry run writes nothing; a locked target belongs to the other run
-    if not storage.local and _only_times_moved(previous, runs):
+    if not storage.local and _noop_within_interval(previous, runs):
         return runs
     # the run's own outcome stands if this fails; the record catches up next time
     with contextlib.suppress(CondasyncError, OSError):
