@@ -1,6 +1,7 @@
 """When each subdir of a target was last run and last fully synced, and what it held then:
-`DIR/.condasync/runs.json`, written at the end of every run (failed runs included), read by
-`condasync status` and `mirror --metrics-file`.
+`DIR/.condasync/runs.json`, written at the end of every run that succeeded or wrote something
+(a run that fails before writing leaves DIR untouched, state included), read by `condasync
+status`; `mirror --metrics-file` reports every run from it, failed ones included.
 
 It is kept apart from the engine's state (state.py) on purpose: a no-op run must not touch
 that state, and on an object store a no-op run writes this record only when the last one is
@@ -129,6 +130,8 @@ def record_run(storage: Storage | None, report: MirrorReport) -> dict[str, Subdi
     runs = update_runs(previous, report, time.time())
     if storage is None or report.dry_run or report.exit_code == EXIT_LOCKED:
         return runs  # a dry run writes nothing; a locked target belongs to the other run
+    if report.exit_code not in (0, 1) and not any("publish" in s.timings for s in report.subdirs):
+        return runs  # a run that failed before writing leaves DIR as it was, state included
     if not storage.local and _noop_within_interval(previous, runs):
         return runs
     # the run's own outcome stands if this fails; the record catches up next time

@@ -206,12 +206,7 @@ def test_s3_mass_deletion_guard_and_wrong_url_change_nothing(
     storage = S3Storage(target, env=env)
 
     def objects() -> dict[str, tuple[int, int]]:
-        # the run record (.condasync/runs.json) notes failed runs too: it is not the tree
-        return {
-            o.relpath: (o.size, o.mtime_ns)
-            for o in storage.list()
-            if o.relpath != ".condasync/runs.json"
-        }
+        return {o.relpath: (o.size, o.mtime_ns) for o in storage.list()}
 
     before = objects()
     empty = tmp_path / "empty-site"
