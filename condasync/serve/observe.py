@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ CACHE_SCAN_EVERY = 30.0  # seconds between scans of the proxy caches' sizes (on 
 _API_CHANNEL = re.compile(r"^/api/channels/([^/]+)")
 
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+# A request id: this process's random prefix and a counter (unique across replicas, and a
+# fraction of uuid4's cost on a path that answers 304s in ~150 µs).
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
 
 
 def classify(path: str) -> tuple[str, str]:
@@ -87,7 +92,7 @@ class Observer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
-        rid = uuid.uuid4().hex[:16]
+        rid = f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
         REQUEST_ID.set(rid)
         state: dict[str, Any] = {"status": 0, "bytes": 0}
         header = (b"x-request-id", rid.encode())

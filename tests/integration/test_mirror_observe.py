@@ -13,7 +13,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from condasync.storage.s3 import S3Storage
 from tests.conftest import Channel, mirror_args, wait_for
+from tests.realservers import S3Server
 from tests.servers import ChannelServer, FaultServer
 
 PKG = "/noarch/dependent-2.0-0.conda"
@@ -214,3 +216,39 @@ def test_log_format_json_every_line_is_one_object(
     usage = run_cli("mirror", "--log-format", "json")  # no URL/DIR: a usage error, as JSON
     assert usage.returncode == 2
     assert json.loads(usage.stderr.strip())["exit_code"] == 2
+
+
+def test_status_of_an_s3_mirror(
+    real_channel: Channel,
+    channel_server: ChannelServer,
+    s3_server: S3Server,
+    s3_bucket: str,
+    tmp_path: Path,
+    run_cli: Any,
+) -> None:
+    target = f"s3://{s3_bucket}/mirror"
+    prom = tmp_path / "s3.prom"
+    first = run_cli(*mirror_args(channel_server.url, target, "--metrics-file", prom),
+                    env=s3_server.env)  # fmt: skip
+    assert first.returncode == 0, str(first)
+    result = run_cli("status", target, "--json", "--max-age", "1h", env=s3_server.env)
+    assert result.returncode == 0, str(result)
+    doc = result.json()
+    assert doc["locked"] is False
+    for subdir in SUBDIRS:
+        packages, size = expected(real_channel, subdir)
+        entry = doc["subdirs"][subdir]
+        assert (entry["packages"], entry["bytes"], entry["incomplete"]) == (packages, size, False)
+        assert entry["upstream"] == channel_server.url
+    m = parse_textfile(prom)
+    assert m["condasync_mirror_packages"][(channel_server.url, target, "noarch")] == expected(
+        real_channel, "noarch"
+    )[0]
+    # a lock object that has not expired names the run holding it
+    storage = S3Storage(target, env=s3_server.env)
+    lock = {"token": "t", "host": "elsewhere", "pid": 4242, "expires": time.time() + 60}
+    storage.write_if_changed(".condasync/lock", json.dumps(lock).encode())
+    held = run_cli("status", target, "--json", env=s3_server.env).json()
+    assert held["lock"] == {"pid": 4242, "host": "elsewhere"}
+    storage.write_if_changed(".condasync/lock", json.dumps({**lock, "expires": 1}).encode())
+    assert run_cli("status", target, "--json", env=s3_server.env).json()["locked"] is False
