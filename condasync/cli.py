@@ -24,7 +24,6 @@ from condasync.display import (
 )
 from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
-from condasync.engine.sync import run_mirror
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
 from condasync.models import MirrorReport
 from condasync.serve.commands import apikey_app
@@ -70,6 +69,8 @@ def _check_filters(filters: Filters) -> None:
 
 def _run_one_json(job: MirrorJob, quiet: bool) -> MirrorReport:
     """`--log-format json`: every line on stderr is one JSON object, the summary included."""
+    from condasync.engine.sync import run_mirror
+
     report = run_mirror(job, JsonListener(quiet=quiet))
     if report.error:
         json_line("error", "error", message=report.error, exit_code=report.exit_code)
@@ -89,6 +90,8 @@ def _fail(message: str, code: int, log_format: str) -> typer.Exit:
 def _run_one(job: MirrorJob, as_json: bool, quiet: bool, log_format: str = "plain") -> MirrorReport:
     if log_format == "json":
         return _run_one_json(job, quiet or as_json)
+    from condasync.engine.sync import run_mirror  # not imported by status, verify, serve
+
     if as_json or quiet or not sys.stderr.isatty():
         report = run_mirror(job, PlainListener(quiet=quiet or as_json))
     else:

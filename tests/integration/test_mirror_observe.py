@@ -241,9 +241,10 @@ def test_status_of_an_s3_mirror(
         assert (entry["packages"], entry["bytes"], entry["incomplete"]) == (packages, size, False)
         assert entry["upstream"] == channel_server.url
     m = parse_textfile(prom)
-    assert m["condasync_mirror_packages"][(channel_server.url, target, "noarch")] == expected(
-        real_channel, "noarch"
-    )[0]
+    assert (
+        m["condasync_mirror_packages"][(channel_server.url, target, "noarch")]
+        == expected(real_channel, "noarch")[0]
+    )
     # a lock object that has not expired names the run holding it
     storage = S3Storage(target, env=s3_server.env)
     lock = {"token": "t", "host": "elsewhere", "pid": 4242, "expires": time.time() + 60}
