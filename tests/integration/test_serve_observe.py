@@ -242,3 +242,33 @@ def test_access_log_path_unwritable_is_a_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "access log" in result.stderr
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_sync_task_metrics_and_status_of_a_mirror_channel(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    run_cli: Any,
+) -> None:
+    server = start_serve(tmp_path / "root")
+    assert server.create_channel("mir", channel_server.url, "mirror").status_code == 201
+    c, headers = server.client, server.headers()
+    before = time.time()
+    task = c.put("/api/channels/mir/actions", json={"action": "synchronize"}, headers=headers)
+    assert server.wait_task(task.json()["id"])["status"] == "success"
+    m = scrape(server)
+    assert value(m, "condasync_sync_tasks_total", channel="mir", status="success") == 1
+    assert value(m, "condasync_sync_duration_seconds_count") == 1
+    last = value(m, "condasync_sync_last_success_timestamp_seconds", channel="mir")
+    assert before <= last <= time.time()
+    # the engine's run record serves `condasync status` for the channel's folder too
+    status = run_cli("status", tmp_path / "root" / "mir", "--json", "--max-age", "1h")
+    assert status.returncode == 0, str(status)
+    assert status.json()["subdirs"]["noarch"]["upstream"] == channel_server.url
+
+    channel_server.stop()  # the next task fails
+    task = c.put("/api/channels/mir/actions", json={"action": "synchronize"}, headers=headers)
+    assert server.wait_task(task.json()["id"])["status"] == "failed"
+    m = scrape(server)
+    assert value(m, "condasync_sync_tasks_total", channel="mir", status="failed") == 1
+    assert value(m, "condasync_sync_last_success_timestamp_seconds", channel="mir") == last
