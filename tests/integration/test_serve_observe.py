@@ -5,6 +5,7 @@ errors on stderr with the same id, and no API key in any log line."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -16,7 +17,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import Channel, cli_command, cli_env, copy_channel
+from tests.conftest import Channel, cli_command, cli_env, copy_channel, wait_for
+from tests.realservers import PG_BIN, PostgresServer, S3Server
 from tests.serve_support import ServeProcess, start_serve  # noqa: F401
 from tests.servers import ChannelServer, FaultServer
 
@@ -272,3 +274,35 @@ def test_sync_task_metrics_and_status_of_a_mirror_channel(
     m = scrape(server)
     assert value(m, "condasync_sync_tasks_total", channel="mir", status="failed") == 1
     assert value(m, "condasync_sync_last_success_timestamp_seconds", channel="mir") == last
+
+
+def test_readyz_with_postgresql_and_s3(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    postgres_server: PostgresServer,
+    s3_server: S3Server,
+    s3_bucket: str,
+) -> None:
+    name = f"db_{os.urandom(6).hex()}"
+    url = postgres_server.create_database(name)
+    server = start_serve(tmp_path / "scratch", "--db", url, "--storage", f"s3://{s3_bucket}/ch",
+                         env=s3_server.env)  # fmt: skip
+    assert server.client.get("/readyz").status_code == 200
+    # the bucket goes away: not ready, and the reason says which part
+    assert s3_server.signed_request("DELETE", f"/{s3_bucket}") in (200, 204)
+    time.sleep(1.1)
+    ready = server.client.get("/readyz")
+    assert ready.status_code == 503 and "channel storage" in ready.text, ready.text
+    assert s3_server.signed_request("PUT", f"/{s3_bucket}") in (200, 409)
+    wait_for(lambda: server.client.get("/readyz").status_code == 200, timeout=10, interval=0.3)
+    # the database goes away
+    dropdb = PG_BIN / "dropdb"
+    subprocess.run(
+        [str(dropdb), "--force", "-h", postgres_server.host, "-p", str(postgres_server.port),
+         "-U", postgres_server.user, name],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    time.sleep(1.1)
+    ready = server.client.get("/readyz")
+    assert ready.status_code == 503 and "database" in ready.text, ready.text
+    assert server.client.get("/healthz").status_code == 200
