@@ -8,6 +8,11 @@ Usage::
     python benchmarks/serve_bench.py [--duration 10] [--runs 3]
 
 Targets (issue 4): package MB/s >= 0.5 x nginx; 304 req/s >= 0.25 x nginx.
+
+`--observe` (issue 16) instead compares condasync serve with its metrics and JSON access log
+(and /metrics scraped every second) against `serve --no-metrics` without an access log, in the
+same run, runs alternating: the target is a cost of at most 5% of cached-package throughput.
+
 Everything goes under benchmarks/work/serve/ (git-ignored).
 """
 
@@ -23,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -91,16 +97,90 @@ def wrk(url: str, seconds: int, connections: int, headers: list[str]) -> dict[st
     return {"rps": rps}
 
 
-def start_condasync(root: Path, port: int) -> subprocess.Popen[bytes]:
+def start_condasync(root: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     exe = shutil.which("condasync")
     cmd = [exe] if exe else [sys.executable, "-m", "condasync"]
     proc = subprocess.Popen(
-        [*cmd, "serve", str(root), "--port", str(port)],
+        [*cmd, "serve", str(root), "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
     )
     wait_until_up(f"http://127.0.0.1:{port}/api/channels")
     return proc
+
+
+def _scrape_every_second(url: str, stop: threading.Event, count: list[int]) -> None:
+    while not stop.wait(1.0):
+        with urllib.request.urlopen(url) as r:
+            r.read()
+        count[0] += 1
+
+
+def observe_main(args: argparse.Namespace) -> int:
+    """Metrics + access log on, against both off: cached-package MB/s and 304 req/s."""
+    work = HERE / "work" / "serve"
+    shutil.rmtree(work, ignore_errors=True)
+    root = work / "channels"
+    make_tree(root)
+    log = work / "access.log"
+    ports = {"plain": free_port(), "observed": free_port()}
+    servers = {
+        "plain": start_condasync(root, ports["plain"], "--no-metrics"),
+        "observed": start_condasync(root, ports["observed"], "--access-log", str(log)),
+    }
+    bases = {n: f"http://127.0.0.1:{p}/channels/bench/noarch" for n, p in ports.items()}
+    big: dict[str, list[float]] = {name: [] for name in bases}
+    small: dict[str, list[float]] = {name: [] for name in bases}
+    stop, scrapes = threading.Event(), [0]
+    scraper = threading.Thread(
+        target=_scrape_every_second,
+        args=(f"http://127.0.0.1:{ports['observed']}/metrics", stop, scrapes),
+        daemon=True,
+    )
+    try:
+        etags = {n: etag_of(f"{b}/repodata.json.zst") for n, b in bases.items()}
+        for base in bases.values():
+            wrk(f"{base}/{PACKAGE}", 2, args.big_connections, [])  # warm the page cache
+        scraper.start()
+        for i in range(args.runs):
+            order = list(bases) if i % 2 == 0 else list(reversed(bases))
+            for name in order:
+                url = f"{bases[name]}/{PACKAGE}"
+                big[name].append(wrk(url, args.duration, args.big_connections, [])["rps"])
+            for name in order:
+                url, inm = f"{bases[name]}/repodata.json.zst", f"If-None-Match: {etags[name]}"
+                small[name].append(wrk(url, args.duration, args.small_connections, [inm])["rps"])
+    finally:
+        stop.set()
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(10)
+    lines = sum(1 for _ in log.open())
+    mbps = {n: [r * SIZE / 1e6 for r in runs] for n, runs in big.items()}
+    med = {n: statistics.median(v) for n, v in mbps.items()}
+    rps = {n: statistics.median(v) for n, v in small.items()}
+    summary = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "machine": f"{os.cpu_count()} cores, {platform.platform()}, "
+        f"Python {platform.python_version()}, load {os.getloadavg()[0]:.1f}",
+        "command": " ".join(["python", "benchmarks/serve_bench.py", *sys.argv[1:]]),
+        "package_MBps_runs": {n: [round(x) for x in v] for n, v in mbps.items()},
+        "revalidate_rps_runs": {n: [round(x) for x in v] for n, v in small.items()},
+        "package_ratio": round(med["observed"] / med["plain"], 3),
+        "revalidate_ratio": round(rps["observed"] / rps["plain"], 3),
+        "access_log_lines": lines,
+        "metrics_scrapes": scrapes[0],
+    }
+    print(json.dumps(summary, indent=2))
+    print(
+        f"\n| case | --no-metrics, no log | metrics + access log | ratio | target |\n"
+        f"|---|---:|---:|---:|---:|\n"
+        f"| 10 MiB cached package (MB/s, median) | {med['plain']:.0f} | {med['observed']:.0f} "
+        f"| {summary['package_ratio']:.3f} | >= 0.95 |\n"
+        f"| 304 revalidation (req/s, median) | {rps['plain']:.0f} | {rps['observed']:.0f} "
+        f"| {summary['revalidate_ratio']:.3f} | (not a target) |"
+    )
+    return 0
 
 
 def main() -> int:
@@ -110,7 +190,13 @@ def main() -> int:
     ap.add_argument("--big-connections", type=int, default=4)
     ap.add_argument("--small-connections", type=int, default=32)
     ap.add_argument("--nginx-workers", type=int, default=2)
+    ap.add_argument("--observe", action="store_true", help="metrics + access log vs neither")
     args = ap.parse_args()
+    if args.observe:
+        if shutil.which("wrk") is None:
+            print("needs wrk: apt-get install -y wrk", file=sys.stderr)
+            return 2
+        return observe_main(args)
     if shutil.which("wrk") is None or not NginxServer.available():
         print("needs wrk and nginx: apt-get install -y wrk nginx-light", file=sys.stderr)
         return 2

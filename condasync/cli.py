@@ -14,12 +14,19 @@ import typer
 from condasync import __version__
 from condasync.channel.repodata import is_subdir
 from condasync.channel.urls import mask_url
-from condasync.config import filters_from, load_config
-from condasync.display import PlainListener, RichListener, print_plain_summary, print_summary
+from condasync.config import filters_from, load_config, metrics_file_of
+from condasync.display import (
+    JsonListener,
+    PlainListener,
+    RichListener,
+    json_line,
+    print_json_summary,
+    print_plain_summary,
+    print_summary,
+)
 from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
 from condasync.engine.state import load_meta, mirrored_subdirs
-from condasync.engine.sync import run_mirror
 from condasync.engine.upstream import suggest_subdir
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
 from condasync.models import MirrorReport
@@ -82,7 +89,31 @@ def _check_job(job: MirrorJob) -> None:
             raise UsageError(f"invalid subdir {subdir!r}{suggest_subdir(subdir)}")
 
 
-def _run_one(job: MirrorJob, as_json: bool, quiet: bool) -> MirrorReport:
+def _run_one_json(job: MirrorJob, quiet: bool) -> MirrorReport:
+    """`--log-format json`: every line on stderr is one JSON object, the summary included."""
+    from condasync.engine.sync import run_mirror
+
+    report = run_mirror(job, JsonListener(quiet=quiet))
+    if report.error:
+        json_line("error", "error", message=report.error, exit_code=report.exit_code)
+    if report.subdirs and (not quiet or report.exit_code):
+        print_json_summary(report)
+    return report
+
+
+def _fail(message: str, code: int, log_format: str) -> typer.Exit:
+    if log_format == "json":
+        json_line("error", "error", message=message, exit_code=code)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def _run_one(job: MirrorJob, as_json: bool, quiet: bool, log_format: str = "plain") -> MirrorReport:
+    if log_format == "json":
+        return _run_one_json(job, quiet or as_json)
+    from condasync.engine.sync import run_mirror  # not imported by status, verify, serve
+
     if as_json or quiet or not sys.stderr.isatty():
         report = run_mirror(job, PlainListener(quiet=quiet or as_json))
     else:
@@ -177,13 +208,28 @@ def mirror(
             help="S3 stores without conditional writes: run without the lock (one run at a time!).",
         ),
     ] = False,
+    metrics_file: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-file",
+            metavar="PATH",
+            help="Write node_exporter textfile metrics here at the end of every run.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str,
+        typer.Option("--log-format", metavar="plain|json", help="json: one object per line."),
+    ] = "plain",
 ) -> None:
     """Bring DIR (a folder, or s3://bucket/prefix) up to date with the channel at URL."""
+    if log_format not in ("plain", "json"):
+        raise _fail("--log-format must be plain or json", EXIT_USAGE, "plain")
     try:
         if config is not None:
             if url or target:
                 raise UsageError("give either URL DIR or --config, not both")
             tables = load_config(config)
+            metrics_file = metrics_file or metrics_file_of(config)
         elif url and target:
             tables = [{"url": url, "dir": target}]
         elif url:
@@ -221,15 +267,40 @@ def mirror(
             _check_job(job)
             jobs_list.append(job)
     except CondasyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(exc.exit_code) from None
-    reports = [_run_one(job, as_json, quiet) for job in jobs_list]
+        raise _fail(str(exc), exc.exit_code, log_format) from None
+    reports = [_run_one(job, as_json, quiet, log_format) for job in jobs_list]
+    if metrics_file is not None:
+        _write_metrics_file(metrics_file, reports, log_format)
     if as_json:
-        _emit_json(
+        doc = (
             reports[0].to_dict() if config is None else {"mirrors": [r.to_dict() for r in reports]}
         )
+        if log_format == "json":
+            sys.stdout.write(orjson.dumps(doc).decode() + "\n")  # one object, one line
+        else:
+            _emit_json(doc)
     codes = [r.exit_code for r in reports]
     raise typer.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes))
+
+
+def _write_metrics_file(path: str, reports: list[MirrorReport], log_format: str) -> None:
+    """The textfile for node_exporter; a failure to write it is reported, not fatal."""
+    from condasync.engine.textfile import carry_over, render, series_of, write_atomic
+
+    mirrors = [series_of(r) for r in reports]
+    try:
+        with open(path, encoding="utf-8") as fh:
+            carry_over(fh.read(), mirrors)
+    except OSError:
+        pass  # no previous file: nothing to carry over
+    try:
+        write_atomic(path, render(mirrors))
+    except OSError as exc:
+        message = f"cannot write the metrics file {path}: {exc.strerror}"
+        if log_format == "json":
+            json_line("error", "error", message=message)
+        else:
+            print(f"error: {message}", file=sys.stderr)
 
 
 _T = TypeVar("_T")
@@ -348,6 +419,91 @@ def index_command(
 def _printable(name: str) -> str:
     """A filename as is, unless it holds control characters (then escaped, never raw)."""
     return name if name.isprintable() else repr(name)[1:-1]
+
+
+def _when(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    stamp = datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return f"{stamp} ({_age(now - ts)} ago)"
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@app.command()
+def status(
+    target: Annotated[
+        str, typer.Argument(metavar="DIR", help="Mirror tree (or s3://bucket/prefix).")
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON report on stdout.")
+    ] = False,
+    max_age: Annotated[
+        str | None,
+        typer.Option(
+            "--max-age",
+            metavar="DURATION",
+            help="Exit 4 when any subdir's last full success is older (90s, 30m, 2h, 1d).",
+        ),
+    ] = None,
+    s3_endpoint: S3Endpoint = None,
+    s3_force_path_style: S3PathStyle = False,
+) -> None:
+    """How old the mirror in DIR is, per subdir, and whether a run holds its lock now.
+
+    Reads only the state, never the packages or the indexes' records."""
+    import time
+
+    from condasync.engine.status import mirror_status, parse_duration
+
+    try:
+        limit = parse_duration(max_age) if max_age is not None else None
+    except ValueError as exc:
+        raise _fail(str(exc), EXIT_USAGE, "plain") from None
+    if not target.startswith("s3://") and not Path(target).is_dir():
+        raise _fail(f"{target} is not a directory", EXIT_USAGE, "plain")
+    try:
+        storage = open_storage(
+            target, create=False, s3=S3Options(s3_endpoint, s3_force_path_style or None)
+        )
+        report = mirror_status(storage, target)
+    except CondasyncError as exc:
+        raise _fail(str(exc), exc.exit_code, "plain") from None
+    if not report.subdirs:
+        raise _fail(f"{target} holds no mirror state (never mirrored?)", EXIT_USAGE, "plain")
+    now = time.time()
+    stale = report.stale(limit, now) if limit is not None else []
+    if as_json:
+        _emit_json(report.to_dict() | {"max_age_seconds": limit, "stale": stale})
+    else:
+        _print_status(report, now)
+    for subdir in stale:
+        last = next(s.last_success for s in report.subdirs if s.subdir == subdir)
+        print(f"stale: {subdir}: last full success {_when(last, now)}; --max-age is {max_age}",
+              file=sys.stderr)  # fmt: skip
+    raise typer.Exit(EXIT_VERIFY if stale else 0)
+
+
+def _print_status(report: Any, now: float) -> None:
+    lock = report.lock
+    if lock is None:
+        print(f"{report.target}: no run holds the lock")
+    else:
+        print(f"{report.target}: locked by a run (pid {lock.pid or '?'} on {lock.host or '?'})")
+    for s in report.subdirs:
+        state = "INCOMPLETE" if s.incomplete else "complete"
+        print(
+            f"{s.subdir}: {state}; upstream {s.upstream or '?'}; last run {_when(s.last_run, now)};"
+            f" last full success {_when(s.last_success, now)};"
+            f" {s.packages if s.packages is not None else '?'} packages,"
+            f" {s.bytes if s.bytes is not None else '?'} bytes"
+        )
 
 
 app.command("serve")(serve_command)

@@ -80,3 +80,17 @@ def filters_from(table: dict[str, Any]) -> Filters:
         latest=table.get("latest"),
         exclude_newer=table.get("exclude_newer"),
     )
+
+
+def metrics_file_of(path: Path) -> str | None:
+    """The top-level `metrics_file` of a config (one file for all its mirrors), resolved
+    like the tables' paths."""
+    try:
+        value = tomllib.loads(path.read_text()).get("metrics_file")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # load_config reports those
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise UsageError(f"{path}: metrics_file must be a path")
+    return _resolve(path, value)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -188,4 +190,59 @@ def print_plain_summary(report: MirrorReport) -> None:
         f" deleted {len(data['deleted'])}, failed {len(data['failed'])},"
         f" rejected {len(data['rejected'])}{tail}",
         file=sys.stderr,
+    )
+
+
+def json_line(level: str, event: str, **fields: Any) -> None:
+    """One JSON object on one stderr line (`--log-format json`), for log shippers."""
+    now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    doc = {"time": now, "level": level, "event": event, **fields}
+    sys.stderr.write(orjson.dumps(doc).decode() + "\n")
+    sys.stderr.flush()
+
+
+_JSON_LEVELS = {"rejected": "warning", "failed": "error", "error": "error"}
+
+
+class JsonListener:
+    """`--log-format json`: each event PlainListener would print, as one JSON object."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, event: Event) -> None:
+        kind = event.kind
+        level = _JSON_LEVELS.get(kind, "info")
+        if kind == "bytes" or (self.quiet and level == "info"):
+            return
+        fields: dict[str, Any] = {"subdir": event.subdir} if event.subdir else {}
+        if event.name:
+            fields["name"] = event.name
+        if kind in ("plan", "published", "fetching"):
+            fields["count"] = event.count
+        if kind == "plan":
+            fields["size"] = event.size
+        if event.message:
+            fields["message"] = event.message
+        json_line(level, kind, **fields)
+
+
+def print_json_summary(report: MirrorReport) -> None:
+    data: dict[str, Any] = report.to_dict()
+    json_line(
+        "error" if report.exit_code else "info",
+        "summary",
+        url=report.url,
+        dir=report.target,
+        unchanged=report.unchanged,
+        dry_run=report.dry_run,
+        added=len(data["added"]),
+        replaced=len(data["replaced"]),
+        deleted=len(data["deleted"]),
+        failed=len(data["failed"]),
+        rejected=len(data["rejected"]),
+        bytes=data["bytes"],
+        seconds=data["seconds"],
+        exit_code=report.exit_code,
+        error=report.error,
     )

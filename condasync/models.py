@@ -72,6 +72,7 @@ class SubdirReport:
     packages: int = 0
     bytes: int = 0
     planned_bytes: int = 0  # what the plan downloads (a --dry-run's "would download")
+    published_bytes: int = 0  # total size of the packages the published index lists
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     error: str | None = None  # this subdir was not synced (missing upstream, --max-delete)
 
@@ -80,6 +81,27 @@ class SubdirReport:
         now = time.monotonic()
         self.timings[phase] = round(self.timings.get(phase, 0.0) + now - started, 3)
         return now
+
+
+@dataclass
+class SubdirRun:
+    """One subdir's last run (counts of that run) and last full success (what it published)."""
+
+    upstream: str = ""  # the channel URL, tokens and passwords masked
+    last_run: float = 0.0  # Unix seconds
+    last_success: float | None = None  # the last run with no error and no failed package
+    exit_code: int = 0  # of the last run, for this subdir
+    incomplete: bool = False  # the last run left packages out (failed) or did not sync
+    unchanged: bool = False  # the last run found upstream unchanged
+    packages: int | None = None  # published in the index (None: not known yet)
+    bytes: int | None = None  # total size of the published packages
+    added: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    failed: int = 0
+    rejected: int = 0
+    downloaded_bytes: int = 0
+    duration_s: float = 0.0
 
 
 @dataclass
@@ -93,6 +115,7 @@ class MirrorReport:
     seconds: float = 0.0
     error: str | None = None
     exit_code: int = 0
+    runs: dict[str, SubdirRun] = field(default_factory=dict)  # the target's record after it
 
     @property
     def unchanged(self) -> bool:

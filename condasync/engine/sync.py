@@ -49,6 +49,7 @@ from condasync.engine.publish import (
     publishable_as_is,
     published_intact,
 )
+from condasync.engine.runrecord import record_run
 from condasync.engine.state import (
     GENERATION,
     FilesState,
@@ -90,6 +91,7 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     started = time.monotonic()
     secrets = secrets_of(job.url)
     report = MirrorReport(url=mask_url(job.url), target=job.target, dry_run=job.dry_run)
+    storage: Storage | None = None
     try:
         try:
             channel = normalize_channel(job.url)
@@ -122,6 +124,7 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     for sub in report.subdirs:
         sub.failed = {k: mask(v, secrets) for k, v in sub.failed.items()}
     report.seconds = time.monotonic() - started
+    report.runs = record_run(storage, report)
     return report
 
 
@@ -310,6 +313,7 @@ class _Planned:
     wanted: dict[str, Lite]  # the typed records of the files to fetch
     published: set[str] | None  # None: every upstream record is published
     n_published: int
+    n_bytes: int  # total size of the selected records
     dropped: set[str]  # in our state, but not on disk as we left them
     on_disk: dict[str, tuple[int, int]]
     deletes: tuple[str, ...] = ()
@@ -397,6 +401,7 @@ def _plan_changes(
             wanted={fn: selected[fn] for fn in plan.add + plan.replace},
             published=None if len(selected) == index.count() else set(selected),
             n_published=len(selected),
+            n_bytes=sum(lite.size for lite in selected.values()),
             dropped=dropped,
             on_disk=on_disk,
         )
@@ -534,6 +539,9 @@ async def _publish(
     stats = index_stats(storage, subdir)
     report.timed("publish", clock)
     report.packages = planned.n_published - len(skip) + len(planned.kept_removed)
+    report.published_bytes = planned.n_bytes - sum(
+        planned.wanted[fn].size for fn in skip if fn in planned.wanted
+    )
     listen(Event("published", subdir, count=report.packages))
     return stats
 

@@ -107,6 +107,19 @@ def serve(
             "20GiB; default unlimited): least recently requested packages are evicted first.",
         ),
     ] = None,
+    access_log: Annotated[
+        str | None,
+        typer.Option(
+            "--access-log", metavar="-|PATH", help="One JSON line per request, to stdout or PATH."
+        ),
+    ] = None,
+    metrics_key_only: Annotated[
+        bool,
+        typer.Option("--metrics-key-only", help="/metrics needs a key with a server role."),
+    ] = False,
+    no_metrics: Annotated[
+        bool, typer.Option("--no-metrics", help="No /metrics and no metric bookkeeping.")
+    ] = False,
 ) -> None:
     """Serve every channel under DIR (or --storage s3://...) at /channels/<name>, with the API
     at /api (docs: /docs). Replicas share state with --db postgresql://... and --storage."""
@@ -143,7 +156,8 @@ def serve(
     if not database.has_owner():
         key, _ = database.create_key("owner", description="created at first start")
         print(f"Owner API key (shown once, store it now): {key}", flush=True)
-    _run(target, database, store, sock, upstream_timeout, single, max_size)
+    observe = _observe_options(access_log, metrics_key_only, no_metrics)
+    _run(target, database, store, sock, upstream_timeout, single, max_size, observe)
 
 
 def _cache_size(text: str | None) -> int | None:
@@ -212,6 +226,23 @@ def _open_store(target: Path, storage: str | None, options: S3Options, single: s
     return store
 
 
+def _observe_options(
+    access_log: str | None, metrics_key_only: bool, no_metrics: bool
+) -> dict[str, object]:
+    """App keyword arguments for the access log and metrics (the log file opened now)."""
+    from condasync.serve.accesslog import AccessLog
+
+    if metrics_key_only and no_metrics:
+        raise _fail("--metrics-key-only and --no-metrics exclude each other")
+    log = None
+    if access_log is not None:
+        try:
+            log = AccessLog(access_log)
+        except OSError as exc:
+            raise _fail(f"cannot open the access log {access_log}: {exc.strerror}") from None
+    return {"access_log": log, "metrics_key_only": metrics_key_only, "metrics": not no_metrics}
+
+
 def _run(
     target: Path,
     database: object,
@@ -220,6 +251,7 @@ def _run(
     upstream_timeout: float,
     single: str | None,
     cache_max_size: int | None = None,
+    observe: dict[str, object] | None = None,
 ) -> None:
     import uvicorn
 
@@ -244,7 +276,7 @@ def _run(
         line = f"serving {store.label} at {base}/channels/<name> (API docs: {base}/docs)"
     print(line, file=sys.stderr, flush=True)
     config = uvicorn.Config(
-        App(server),
+        App(server, **(observe or {})),  # type: ignore[arg-type]
         log_level="warning",
         access_log=False,
         server_header=False,

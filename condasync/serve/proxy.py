@@ -37,6 +37,7 @@ from condasync.channel.urls import join
 from condasync.engine import fetch
 from condasync.errors import CondasyncError, LockedError, StorageError, UpstreamError
 from condasync.serve.files import CHUNK, Headers, Scope, Send, send_text
+from condasync.serve.metrics import METRICS, note_cache
 from condasync.serve.paths import cache_control
 from condasync.serve.store import LocalChannels, S3Channels
 from condasync.serve.stream import Download, relay
@@ -226,11 +227,13 @@ class ProxyChannel:
         old = self.meta(subdir)
         cached = old is not None and self._cached(subdir)
         validators = (old.source, old.etag, old.last_modified) if old and cached else None
+        METRICS.upstream_request(self.name)
         try:
             fetched = await fetch.fetch_index(
                 self.client, join(self.base, subdir), validators, retries=0, backoff=0.1
             )
         except UpstreamError as exc:
+            METRICS.upstream_error(self.name)
             error = _upstream_error(exc)
             if old is not None:
                 old.error, old.failed_at = error.message, time.time()
@@ -383,8 +386,16 @@ class ProxyChannel:
                 and os.path.exists(self.storage.path(key))
                 and await self.store.send(scope, send, self.name, key, filename, private)
             ):
+                note_cache(scope, self.name, "hit")
                 return
-            download = self._joinable(key) or self._start_download(subdir, filename, size, digest)
+            download = self._joinable(key)
+            if download is None:
+                note_cache(scope, self.name, "miss")
+                download = self._start_download(subdir, filename, size, digest)
+            else:
+                note_cache(scope, self.name, "coalesced")
+        else:
+            note_cache(scope, self.name, "coalesced")
         if any(name == b"range" for name, _ in scope["headers"]):
             # A range of a file still in flight: wait for the verified file, then serve it.
             while download.state not in ("done", "failed"):
@@ -425,6 +436,7 @@ class ProxyChannel:
         download = Download(size, staging / f"{filename}.{uuid.uuid4().hex[:12]}")
         key = f"{subdir}/{filename}"
         self._downloads[key] = download
+        METRICS.downloads.inc()
         meta = self.meta(subdir)
         base = meta.package_base if meta and meta.package_base else join(self.base, subdir)
         task = asyncio.ensure_future(self._download(download, join(base, filename), digest, key))
@@ -442,6 +454,7 @@ class ProxyChannel:
         return download
 
     def _forget(self, key: str, download: Download) -> None:
+        METRICS.downloads.dec()
         if not isinstance(self.storage, LocalStorage):
             # Relays still sending hold it open; new requests go to the object store.
             download.temp.unlink(missing_ok=True)
@@ -467,34 +480,41 @@ class ProxyChannel:
     async def _download(self, dl: Download, url: str, digest: str, key: str) -> None:
         algo, expected = digest.split(":", 1)
         hasher = hashlib.new(algo)
+        METRICS.upstream_request(self.name)
         try:
             async with self.client.stream("GET", url) as response:
                 if response.status_code in (404, 410):
                     raise ProxyError(404, "not found upstream")
                 if response.status_code >= 400:
+                    METRICS.upstream_error(self.name)
                     raise ProxyError(502, f"upstream answered HTTP {response.status_code}")
                 with open(dl.temp, "wb") as fh:
                     dl.state = "streaming"
                     dl.notify()
                     async for chunk in response.aiter_bytes(CHUNK):
                         if dl.written + len(chunk) > dl.size:
+                            METRICS.proxy_result(self.name, "verify_failed")
                             raise ProxyError(502, "upstream sent more bytes than the record says")
                         hasher.update(chunk)
                         fh.write(chunk)
                         fh.flush()
                         dl.written += len(chunk)
                         dl.notify()
+            if dl.written != dl.size or hasher.hexdigest() != expected:
+                METRICS.proxy_result(self.name, "verify_failed")
             if dl.written != dl.size:
                 raise ProxyError(502, f"upstream sent {dl.written} of {dl.size} bytes")
             if hasher.hexdigest() != expected:
                 raise ProxyError(502, f"upstream file failed {algo} verification; not cached")
             await self._commit(dl.temp, key)
+            METRICS.cache_added(self.name, dl.size)
             dl.state = "done"
             if self.on_cached is not None:
                 self.on_cached(self.name, key, dl.size)
         except ProxyError as exc:
             dl.state, dl.status, dl.message = "failed", exc.status, exc.message
         except httpx.HTTPError as exc:
+            METRICS.upstream_error(self.name)
             error = _upstream_error(exc)
             dl.state, dl.status, dl.message = "failed", error.status, error.message
         except CondasyncError as exc:  # the store refused the upload

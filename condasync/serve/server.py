@@ -14,6 +14,7 @@ from condasync.serve.cachelimit import CacheTracker
 from condasync.serve.db import Channel, Database
 from condasync.serve.files import Headers, Receive, Scope, Send, send_text
 from condasync.serve.listed import ListedNames
+from condasync.serve.metrics import METRICS, note_cache
 from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_file_path
 from condasync.serve.proxy import ProxyChannel, ProxyError
 from condasync.serve.proxybz2 import bz2_cache
@@ -49,6 +50,9 @@ class Server:
         self.upstream_timeout = upstream_timeout
         self.tasks = TaskRunner(db, self.store)
         self.cache = CacheTracker(db, self.store, cache_max_size)  # proxy cache record, limit
+        self.cache.on_evict.append(
+            lambda channel, _path, size: METRICS.cache_evicted(channel, size)
+        )
         self._channels: dict[str, Channel] = {}
         self._loaded = 0.0
         self._proxies: dict[str, ProxyChannel] = {}
@@ -115,6 +119,10 @@ class Server:
                 self._absent.clear()
             self._absent[name] = now
         return None
+
+    def known_channel(self, name: str) -> bool:
+        """Whether name is a channel seen lately (from memory: bounds metric labels)."""
+        return name in self._channels or name in self._static
 
     async def find(self, name: str) -> Channel | None:
         """`channel()` for the event loop: from memory when fresh, else in a worker thread."""
@@ -246,6 +254,7 @@ class ChannelFiles:
         )
 
     async def _proxy(self, scope: Scope, send: Send, channel: Channel, path: FilePath) -> None:
+        scope["condasync.started"] = time.time()
         proxy = self.server.proxy(channel)
         head = scope["method"] == "HEAD"
         if path.subdir and path.filename in PROXY_INDEXES:
@@ -258,6 +267,9 @@ class ChannelFiles:
             if not await self._send(scope, send, channel, path, extra):
                 proxy.forget_cached(path.subdir)
                 await send_text(send, 404, "not found", head=head)
+            else:
+                fresh = meta.fetched_at >= scope.get("condasync.started", 0.0)
+                note_cache(scope, channel.name, "stale" if stale else "miss" if fresh else "hit")
             return
         if path.subdir and path.filename == "repodata.json.bz2":
             try:
@@ -279,6 +291,7 @@ class ChannelFiles:
             cached = await self._send(scope, send, channel, path)
         if cached:
             self.server.cache.hit(channel.name, path.relpath)
+            note_cache(scope, channel.name, "hit")
         else:
             self.server.cache.miss(channel.name)
             try:

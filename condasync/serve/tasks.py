@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
@@ -19,6 +20,7 @@ from condasync.engine.filters import Filters
 from condasync.engine.job import MirrorJob
 from condasync.engine.sync import run_mirror
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
+from condasync.serve.metrics import METRICS
 from condasync.serve.store import ChannelStore
 
 LOG = logging.getLogger("uvicorn.error")
@@ -124,6 +126,7 @@ class TaskRunner:
                 )
 
     def _sync(self, task: Task, channel: Channel) -> None:
+        started = time.monotonic()
         try:
             # The settings of now: a PATCH since the task was queued applies to this run.
             channel = self.db.channel(channel.name) or channel
@@ -149,3 +152,4 @@ class TaskRunner:
         except Exception as exc:  # a bug must still end the task, not leave it running
             doc, status, error = None, "failed", f"{type(exc).__name__}: {exc}"
         self.db.update_task(task.id, status=status, report=doc, error=error, finished_at=utcnow())
+        METRICS.sync_finished(channel.name, status, time.monotonic() - started)
