@@ -161,7 +161,10 @@ class Observer:
                 await send_text(send, 401, "/metrics needs an API key", head=head)
                 return
             who = await asyncio.to_thread(self.server.identify, key)
-            if who is None or who.role is None:
+            if who is None:  # a wrong or revoked key is unauthenticated, as on the API
+                await send_text(send, 401, "invalid or revoked API key", head=head)
+                return
+            if who.role is None:
                 await send_text(send, 403, "/metrics needs a key with a server role", head=head)
                 return
         await self._scan_caches()

@@ -121,11 +121,12 @@ def test_metrics_key_only(
     root = tmp_path / "root"
     server = start_serve(root, "--metrics-key-only")
     assert server.client.get("/metrics").status_code == 401
+    (root / "x").mkdir()  # a key's channel must exist
     member = run_cli("apikey", "create", str(root), "--channel", "x", "--role", "owner")
     assert member.returncode == 0, str(member)
     channel_only = member.stdout.strip()
     assert server.client.get("/metrics", headers={"X-API-Key": channel_only}).status_code == 403
-    assert server.client.get("/metrics", headers={"X-API-Key": "cs_wrong"}).status_code == 403
+    assert server.client.get("/metrics", headers={"X-API-Key": "cs_wrong"}).status_code == 401
     assert server.key
     scrape(server, **{"X-API-Key": server.key})
     scrape(server, Authorization=f"Bearer {server.key}")
@@ -190,10 +191,10 @@ def test_access_log_lines_request_ids_and_no_key_anywhere(
         c.get(f"/t/{key}/channels/priv/{ZLIB}"),
         c.get(f"/channels/priv/{ZLIB}", headers={"Authorization": f"Bearer {key}"}),
         c.get("/channels/priv/noarch/repodata.json"),  # 401
-        c.get(f"/t/{key}x/channels/priv/noarch/repodata.json"),  # a wrong key: 403
+        c.get(f"/t/{key}x/channels/priv/noarch/repodata.json"),  # a wrong key: 401
         c.get("/api/channels/priv", headers={"X-API-Key": key}),
     ]
-    assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 401, 403, 200]
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 200, 401, 401, 200]
     upstream.stop()
     failed = c.get(f"/t/{key}/channels/priv/noarch/sample_noarch_python-1.0-py_0.conda")
     assert failed.status_code >= 500
