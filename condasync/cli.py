@@ -16,6 +16,7 @@ from condasync.config import filters_from, load_config
 from condasync.display import PlainListener, RichListener, print_plain_summary, print_summary
 from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
+from condasync.engine.shardpub import parse_duration
 from condasync.engine.sync import run_mirror
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
 from condasync.models import MirrorReport
@@ -154,6 +155,19 @@ def mirror(
             help="S3 stores without conditional writes: run without the lock (one run at a time!).",
         ),
     ] = False,
+    no_shards: Annotated[
+        bool,
+        typer.Option("--no-shards", help="Write no sharded repodata (CEP-16); remove any."),
+    ] = False,
+    shard_grace: Annotated[
+        str | None,
+        typer.Option(
+            "--shard-grace",
+            metavar="DURATION",
+            help="Keep shards no longer named this long after their index was replaced"
+            " \\[default: 15m; 0 deletes them on the next run].",
+        ),
+    ] = None,
 ) -> None:
     """Bring DIR (a folder, or s3://bucket/prefix) up to date with the channel at URL."""
     try:
@@ -192,6 +206,8 @@ def mirror(
                     max_delete if max_delete is not None else table.get("max_delete", 50)
                 ),
                 s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
+                shards=not no_shards and table.get("shards", True),
+                shard_grace=_grace(shard_grace or table.get("shard_grace", "15m")),
             )
             level = job.zstd_level
             if job.jobs < 1 or job.retries < 0 or not (level is None or 1 <= level <= 22):
@@ -209,6 +225,13 @@ def mirror(
         )
     codes = [r.exit_code for r in reports]
     raise typer.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes))
+
+
+def _grace(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--shard-grace: {exc}") from None
 
 
 _T = TypeVar("_T")
@@ -267,6 +290,8 @@ def verify(
             print(f"problem: {where}: {problem['kind']}: {problem['detail']}", file=sys.stderr)
         for orphan in doc["orphans"]:
             print(f"orphan: {orphan}", file=sys.stderr)
+        for warning in doc["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
         verdict = "ok" if report.ok else f"{len(doc['problems'])} problem(s)"
         print(f"{target}: {doc['files_checked']} files checked, {verdict}", file=sys.stderr)
     raise typer.Exit(0 if report.ok else EXIT_VERIFY)

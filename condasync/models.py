@@ -72,6 +72,7 @@ class SubdirReport:
     bytes: int = 0
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     error: str | None = None  # this subdir was not synced (missing upstream, --max-delete)
+    shards: dict[str, int] = field(default_factory=dict)  # shard files "written", "deleted"
 
     def timed(self, phase: str, started: float) -> float:
         """Add the time since `started` to a phase; return now, for the next phase."""
@@ -131,6 +132,7 @@ class MirrorReport:
                     "bytes": s.bytes,
                     "timings": s.timings,
                     "error": s.error,
+                    "shards": s.shards,
                 }
                 for s in self.subdirs
             },

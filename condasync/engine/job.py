@@ -33,6 +33,8 @@ class MirrorJob:
     repair: bool = False
     max_delete: float = 50.0  # percent of a subdir's packages one run may delete
     s3: S3Options = field(default_factory=S3Options)
+    shards: bool = True  # CEP-16 shards beside repodata.json (--no-shards)
+    shard_grace: float = 900.0  # seconds a shard no longer named stays (--shard-grace)
 
 
 Listener = Callable[[Event], None]

@@ -43,6 +43,7 @@ from condasync.engine.publish import (
     publishable_as_is,
     published_intact,
 )
+from condasync.engine.shardsync import SubdirShards, collect_unchanged
 from condasync.engine.state import (
     GENERATION,
     FilesState,
@@ -160,6 +161,7 @@ def options_hash(job: MirrorJob, channel: str) -> str:
         "bz2": job.bz2,
         "zstd": job.zstd_level,
         "generation": GENERATION,
+        "shards": job.shards,
     }
     return hashlib.sha256(orjson.dumps(doc)).hexdigest()
 
@@ -248,6 +250,9 @@ async def _sync_subdir(
             upstream.meta.last_modified = upstream.fetched.last_modified
             upstream.meta.source = upstream.fetched.source
             save_meta(storage, subdir, upstream.meta)
+        if not job.dry_run:  # orphan shards whose grace has passed
+            deleted = collect_unchanged(storage, subdir, job.shard_grace, locker.ensure)
+            report.shards = {"written": 0, "deleted": len(deleted)}
         return
     report.timings.update(upstream.timings)
     # Nothing of ours to change (no filters, nothing kept, info as we publish it): upstream's
@@ -297,6 +302,7 @@ class _Planned:
     deletes: tuple[str, ...] = ()
     strays_first: bool = False
     kept_removed: dict[str, msgspec.Raw] = field(default_factory=dict)
+    shards: SubdirShards | None = None
 
 
 async def _sync_changed(
@@ -480,6 +486,8 @@ async def _publish(
     clock = time.monotonic()
     final, interim, staged = ready.final, ready.interim, ready.staged
     skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
+    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
+    await asyncio.to_thread(shards.prepare, index, planned.published, skip, planned.kept_removed)
     if skip:  # the final index was written for all downloads succeeding: write it again
         final.discard()
         data = await asyncio.to_thread(
@@ -491,7 +499,9 @@ async def _publish(
     if interim is not None and staged:
         # Interim index without the files about to change, so no reader ever sees an
         # index whose record disagrees with the bytes on disk. Until now readers saw
-        # the old snapshot, old files included.
+        # the old snapshot, old files included. Shards likewise, first.
+        exclude = set(planned.plan.add) | set(planned.plan.replace)
+        await asyncio.to_thread(shards.publish_interim, exclude)
         await asyncio.to_thread(interim.publish)
         clock = report.timed("interim", clock)
     elif interim is not None:
@@ -504,6 +514,7 @@ async def _publish(
         record = planned.wanted[filename]
         done[filename] = FileState(record.size, record.digest, mtime_ns)
     clock = report.timed("commit", clock)
+    await asyncio.to_thread(shards.publish_final)  # new shards and their index before .zst
     await asyncio.to_thread(final.publish)
     stats = index_stats(storage, subdir)
     report.timed("publish", clock)
@@ -539,6 +550,10 @@ async def _delete_and_save(
     changes.update(done)
     save_files(storage, subdir, planned.state, changes)
     storage.clear_staging(subdir)  # before the folder's mtime is recorded
+    if planned.shards is not None:
+        deleted = await asyncio.to_thread(planned.shards.finish)
+        report.shards = {"written": planned.shards.files_written, "deleted": len(deleted)}
+        report.timings["shards"] = round(planned.shards.seconds, 3)
     report.timed("state", clock)
     folder = storage.stat(subdir)
     save_meta(

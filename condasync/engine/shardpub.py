@@ -1,0 +1,253 @@
+"""Publishing a subdir's shards (CEP-16) incrementally: encode only the names whose records
+changed, write new shard files before the shard index, retire shards no longer named, and
+delete retired ones once their grace period has passed. State: `.condasync/<subdir>.shards*`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import msgspec
+
+from condasync.channel.shards import (
+    SHARD_INDEX,
+    SHARDS_DIR,
+    NameRecords,
+    encode_shard,
+    encode_shard_index,
+    is_shard_filename,
+)
+from condasync.storage import STATE_DIR, Storage
+
+WRITE_BATCH = 256  # shard files per storage.publish call (one thread each)
+WRITE_THREADS = 4
+
+
+class ShardState(msgspec.Struct):
+    """What the published shard index names: name -> (records digest hex, shard sha256 hex)."""
+
+    names: dict[str, tuple[str, str]] = msgspec.field(default_factory=dict)
+    index_stat: list[int] = msgspec.field(default_factory=list)  # [size, mtime_ns] we left
+
+
+class Retired(msgspec.Struct):
+    """Shards no longer named, with the time (ns) the index that named them was replaced."""
+
+    shards: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """`15m`, `90s`, `2h`, `1d`, `0`: seconds. ValueError otherwise."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if match is None:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 15m, 90s, 2h, 1d or 0")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _state_path(subdir: str) -> str:
+    return f"{STATE_DIR}/{subdir}.shards.json"
+
+
+def _retired_path(subdir: str) -> str:
+    return f"{STATE_DIR}/{subdir}.shards-retired.json"
+
+
+def index_path(subdir: str) -> str:
+    return f"{subdir}/{SHARD_INDEX}"
+
+
+def shard_path(subdir: str, hexdigest: str) -> str:
+    return f"{subdir}/{SHARDS_DIR}/{hexdigest}.msgpack.zst"
+
+
+def _load(storage: Storage, relpath: str, kind: type[ShardState] | type[Retired]) -> object:
+    raw = storage.read(relpath)
+    if raw is not None:
+        try:
+            return msgspec.json.decode(raw, type=kind)
+        except msgspec.DecodeError:
+            pass  # unreadable state costs a re-encode (or a late deletion), nothing more
+    return kind()
+
+
+def load_state(storage: Storage, subdir: str) -> ShardState:
+    found = _load(storage, _state_path(subdir), ShardState)
+    assert isinstance(found, ShardState)
+    return found
+
+
+def load_retired(storage: Storage, subdir: str) -> Retired:
+    found = _load(storage, _retired_path(subdir), Retired)
+    assert isinstance(found, Retired)
+    return found
+
+
+def created_at() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ShardSet:
+    """The shards one index names: name -> (records digest, shard sha256), and the new files."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, tuple[str, str]] = {}
+        self.new_files: dict[str, bytes] = {}  # shard hex -> compressed bytes
+
+    def hexes(self) -> set[str]:
+        return {shard for _, shard in self.names.values()}
+
+
+def plan_shards(
+    groups: Mapping[str, NameRecords],
+    known: Mapping[str, tuple[str, str]],
+    digests: dict[str, str] | None = None,
+) -> ShardSet:
+    """Encode only the names whose records' digest is not the one `known` has for them.
+    `digests` (name -> digest hex) caches digests across calls for the same groups."""
+    out = ShardSet()
+    for name, group in groups.items():
+        if not group.packages and not group.conda:
+            continue  # a name listed only in `removed` needs no shard
+        digest = digests.get(name) if digests is not None else None
+        if digest is None:
+            digest = group.digest().hex()
+            if digests is not None:
+                digests[name] = digest
+        previous = known.get(name)
+        if previous is not None and previous[0] == digest:
+            out.names[name] = previous
+            continue
+        sha, data = encode_shard(group)
+        out.names[name] = (digest, sha.hex())
+        out.new_files[sha.hex()] = data
+    return out
+
+
+def write_shard_files(storage: Storage, subdir: str, files: Mapping[str, bytes]) -> int:
+    """Put new shard files in place (each a complete, immutable file under its hash), a
+    batch per thread. Returns how many were written."""
+    items = [(shard_path(subdir, hexdigest), data) for hexdigest, data in sorted(files.items())]
+    if not items:
+        return 0
+    batches = [items[i : i + WRITE_BATCH] for i in range(0, len(items), WRITE_BATCH)]
+    with ThreadPoolExecutor(min(WRITE_THREADS, len(batches))) as pool:
+        written = sum(len(done) for done in pool.map(storage.publish, batches))
+    return written
+
+
+class ShardPublisher:
+    """One subdir's shard publication within a mirror or index run."""
+
+    def __init__(self, storage: Storage, subdir: str, started_ns: int | None = None) -> None:
+        self.storage = storage
+        self.subdir = subdir
+        self.state = load_state(storage, subdir)
+        self.retired = load_retired(storage, subdir)
+        self.published: dict[str, tuple[str, str]] = dict(self.state.names)
+        self.started_ns = started_ns or time.time_ns()
+        self.files_written = 0
+        self.digests: dict[str, str] = {}
+
+    def plan(self, groups: Mapping[str, NameRecords]) -> ShardSet:
+        return plan_shards(groups, self.published, self.digests)
+
+    def publish(self, shards: ShardSet) -> bool:
+        """New shard files, then the shard index (unless it already names exactly these).
+        Returns whether the index was written."""
+        self.files_written += write_shard_files(self.storage, self.subdir, shards.new_files)
+        shards.new_files = {}
+        current = self.storage.stat(index_path(self.subdir))
+        if (
+            current is not None
+            and list(current) == self.state.index_stat
+            and shards.names == self.published
+        ):
+            return False
+        index = encode_shard_index(
+            self.subdir,
+            {name: bytes.fromhex(shard) for name, (_, shard) in sorted(shards.names.items())},
+            created_at(),
+        )
+        self.storage.publish([(index_path(self.subdir), index)])
+        stat = self.storage.stat(index_path(self.subdir))
+        self.state.index_stat = list(stat) if stat else []
+        self._retire(self.published, shards.names)
+        self.published = dict(shards.names)
+        return True
+
+    def remove_index(self) -> None:
+        """--no-shards: the index goes at once; its shards once their grace has passed."""
+        self.storage.delete(index_path(self.subdir))
+        self.state.index_stat = []
+        self._retire(self.published, {})
+        self.published = {}
+
+    def _retire(
+        self, old: Mapping[str, tuple[str, str]], new: Mapping[str, tuple[str, str]]
+    ) -> None:
+        now = time.time_ns()
+        named = {shard for _, shard in new.values()}
+        for _, shard in old.values():
+            if shard not in named:
+                self.retired.shards.setdefault(shard, now)
+        for shard in named:
+            self.retired.shards.pop(shard, None)
+
+    def save(self) -> None:
+        """Record what the published index names (after the index is in place)."""
+        self.state.names = dict(sorted(self.published.items()))
+        self.storage.write_if_changed(_state_path(self.subdir), msgspec.json.encode(self.state))
+        self._save_retired()
+
+    def _save_retired(self) -> None:
+        self.storage.write_if_changed(_retired_path(self.subdir), msgspec.json.encode(self.retired))
+
+    def adopt_strays(self) -> None:
+        """Shard files nobody named or retired (a killed run's, or deleted state): retired now,
+        so they go after the grace period like any other."""
+        named = {shard for _, shard in self.published.values()}
+        now = time.time_ns()
+        for filename in self.storage.listing(f"{self.subdir}/{SHARDS_DIR}"):
+            if not is_shard_filename(filename):
+                continue
+            shard = filename.split(".", 1)[0]
+            if shard not in named and shard not in self.retired.shards:
+                self.retired.shards[shard] = now
+
+
+def collect_orphans(
+    storage: Storage,
+    subdir: str,
+    grace_seconds: float,
+    started_ns: int,
+    retired: Retired | None = None,
+    named: Iterable[str] = (),
+) -> list[str]:
+    """Delete shards retired at least `grace_seconds` ago by an earlier run (0: on the next
+    run). Writes nothing when nothing is due. Returns the deleted shard hashes."""
+    retired = retired if retired is not None else load_retired(storage, subdir)
+    keep = set(named)
+    doomed = sorted(
+        shard
+        for shard, when in retired.shards.items()
+        if due(when, started_ns, grace_seconds) and shard not in keep
+    )
+    if not doomed:
+        return []
+    for shard in doomed:
+        storage.delete(shard_path(subdir, shard))
+        del retired.shards[shard]
+    storage.write_if_changed(_retired_path(subdir), msgspec.json.encode(retired))
+    return doomed
+
+
+def due(retired_ns: int, started_ns: int, grace_seconds: float) -> bool:
+    """Retired by an earlier run, at least the grace period ago."""
+    return retired_ns < started_ns and time.time_ns() - retired_ns >= grace_seconds * 1e9

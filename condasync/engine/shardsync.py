@@ -1,0 +1,154 @@
+"""The shard steps of one subdir's mirror run (DESIGN.md §2): shards for exactly the records
+of the published repodata.json, an interim shard index around same-name replacements, the
+final one before repodata.json.zst, and strays and orphans after the deletions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from condasync.channel.bigindex import Index
+from condasync.channel.shards import (
+    SHARDS_DIR,
+    NameRecords,
+    group_by_name,
+    is_shard_filename,
+    package_name,
+)
+from condasync.engine.shardpub import (
+    ShardPublisher,
+    ShardSet,
+    collect_orphans,
+    due,
+    index_path,
+    load_retired,
+    plan_shards,
+)
+from condasync.storage import Storage
+
+
+def published_sections(
+    index: Index,
+    published: set[str] | None,
+    skip: set[str],
+    kept_removed: dict[str, msgspec.Raw],
+) -> dict[str, dict[str, msgspec.Raw]]:
+    """The records repodata.json gets (see publish.encode_published), per section."""
+    sections: dict[str, dict[str, msgspec.Raw]] = {}
+    for key, records in index.sections.items():
+        if published is not None:
+            records = {fn: r for fn, r in records.items() if fn in published and fn not in skip}
+        elif skip:
+            records = {fn: r for fn, r in records.items() if fn not in skip}
+        sections[key] = records
+    for filename, raw in kept_removed.items():
+        key = "packages.conda" if filename.endswith(".conda") else "packages"
+        if sections.get(key) is index.sections.get(key):
+            sections[key] = dict(sections[key])
+        sections.setdefault(key, {})[filename] = raw
+    return sections
+
+
+class SubdirShards:
+    """One subdir's shards through a mirror run: prepare, interim, final, finish."""
+
+    def __init__(self, storage: Storage, subdir: str, enabled: bool, grace: float) -> None:
+        self.storage, self.subdir = storage, subdir
+        self.enabled, self.grace = enabled, grace
+        self.started_ns = time.time_ns()
+        self.pub = ShardPublisher(storage, subdir, self.started_ns)
+        self.groups: dict[str, NameRecords] = {}
+        self.final: ShardSet | None = None
+        self.seconds = 0.0
+
+    def prepare(
+        self,
+        index: Index,
+        published: set[str] | None,
+        skip: set[str],
+        kept_removed: dict[str, msgspec.Raw],
+    ) -> None:
+        """Group the published records and encode the names that changed (no writes)."""
+        if not self.enabled:
+            return
+        clock = time.monotonic()
+        on_disk = self.storage.listing(f"{self.subdir}/{SHARDS_DIR}")
+        # a shard our state names but that is gone (or truncated) is encoded again
+        present = {fn.split(".", 1)[0] for fn in on_disk if is_shard_filename(fn)}
+        self.pub.published = {
+            name: entry for name, entry in self.pub.published.items() if entry[1] in present
+        }
+        sections = published_sections(index, published, skip, kept_removed)
+        self.groups = group_by_name(sections, index.removed)
+        self.final = self.pub.plan(self.groups)
+        self.seconds += time.monotonic() - clock
+
+    def publish_interim(self, exclude: set[str]) -> None:
+        """Before same-name replacements move in: an index whose shards leave out `exclude`
+        (the replaced and added files), as the interim repodata.json does."""
+        if self.final is None or not exclude:
+            return
+        clock = time.monotonic()
+        affected = {package_name(fn) for fn in exclude}
+        interim_groups = {}
+        for name in affected:
+            group = self.groups.get(name)
+            if group is None:
+                continue
+            interim_groups[name] = NameRecords(
+                {fn: r for fn, r in group.packages.items() if fn not in exclude},
+                {fn: r for fn, r in group.conda.items() if fn not in exclude},
+                list(group.removed),
+            )
+        partial = plan_shards(interim_groups, self.pub.published)
+        interim = ShardSet()
+        interim.names = {n: e for n, e in self.final.names.items() if n not in affected}
+        interim.names.update(partial.names)
+        interim.new_files = {**self.final.new_files, **partial.new_files}
+        self.final.new_files = {}
+        self.pub.publish(interim)
+        self.seconds += time.monotonic() - clock
+
+    def publish_final(self) -> None:
+        """New shard files, then the shard index: right before repodata.json.zst. With
+        shards off, the index goes now and its shards after the grace period."""
+        clock = time.monotonic()
+        if self.final is not None:
+            self.pub.publish(self.final)
+        elif not self.enabled and (
+            self.pub.published or self.storage.stat(index_path(self.subdir)) is not None
+        ):
+            self.pub.remove_index()
+        self.seconds += time.monotonic() - clock
+
+    def finish(self) -> list[str]:
+        """After the deletions: record state, retire strays, delete orphans that are due."""
+        clock = time.monotonic()
+        self.pub.adopt_strays()
+        self.pub.save()
+        named = {shard for _, shard in self.pub.published.values()}
+        deleted = collect_orphans(
+            self.storage, self.subdir, self.grace, self.started_ns, self.pub.retired, named
+        )
+        self.seconds += time.monotonic() - clock
+        return deleted
+
+    @property
+    def files_written(self) -> int:
+        return self.pub.files_written
+
+
+def collect_unchanged(
+    storage: Storage, subdir: str, grace: float, before_write: Callable[[], None]
+) -> list[str]:
+    """A run with nothing to publish may still delete orphan shards that are due (and
+    writes nothing when none are)."""
+    retired = load_retired(storage, subdir)
+    started = time.time_ns()
+    if not any(due(when, started, grace) for when in retired.shards.values()):
+        return []
+    before_write()
+    return collect_orphans(storage, subdir, grace, started, retired)
