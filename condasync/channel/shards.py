@@ -4,6 +4,7 @@ records by package name, encoding and decoding shards and the shard index (DESIG
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -109,9 +110,10 @@ def _json_section(records: Mapping[str, bytes]) -> bytes:
     return b"{" + b",".join(parts) + b"}"
 
 
-def encode_shard(group: NameRecords) -> tuple[bytes, bytes]:
-    """(sha256 of the compressed shard, the compressed shard): zstd of msgpack `{"packages",
-    "packages.conda", "removed"}`, with the frame's content size, keys sorted."""
+def encode_shard(group: NameRecords) -> tuple[bytes, bytes, int]:
+    """(sha256 of the compressed shard, the compressed shard, its newest record timestamp in
+    ms): zstd of msgpack `{"packages", "packages.conda", "removed"}`, with the frame's
+    content size, keys sorted."""
     doc_json = (
         b'{"packages":'
         + _json_section(group.packages)
@@ -120,12 +122,29 @@ def encode_shard(group: NameRecords) -> tuple[bytes, bytes]:
         + b"}"
     )
     doc = msgspec.json.decode(doc_json)
+    newest = 0
     for section in (doc["packages"], doc["packages.conda"]):
         for record in section.values():
             _binary_hashes(record)
+            newest = max(newest, timestamp_ms(record))
     doc["removed"] = sorted(group.removed)
     data = compress(_encoder.encode(doc))
-    return hashlib.sha256(data).digest(), data
+    return hashlib.sha256(data).digest(), data, newest
+
+
+def timestamp_ms(record: Any) -> int:
+    """A record's timestamp in ms (old records have seconds), 0 when it has none."""
+    ts = record.get("timestamp") if isinstance(record, dict) else None
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or ts <= 0:
+        return 0
+    return int(ts if ts > 253402300799 else ts * 1000)
+
+
+def created_at(newest_ms: int) -> str:
+    """RFC 3339 for the shard index's `created_at`: the newest record's time, so the same
+    records give the same index bytes on every run and in every fresh mirror."""
+    moment = datetime.datetime.fromtimestamp(newest_ms / 1000, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{newest_ms % 1000:03d}Z"
 
 
 def compress(data: bytes) -> bytes:

@@ -5,7 +5,6 @@ delete retired ones once their grace period has passed. State: `.condasync/<subd
 
 from __future__ import annotations
 
-import datetime
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -17,6 +16,7 @@ from condasync.channel.shards import (
     SHARD_INDEX,
     SHARDS_DIR,
     NameRecords,
+    created_at,
     encode_shard,
     encode_shard_index,
     is_shard_filename,
@@ -28,9 +28,10 @@ WRITE_THREADS = 4
 
 
 class ShardState(msgspec.Struct):
-    """What the published shard index names: name -> (records digest hex, shard sha256 hex)."""
+    """What the published shard index names: name -> (records digest hex, shard sha256 hex,
+    newest record timestamp in ms)."""
 
-    names: dict[str, tuple[str, str]] = msgspec.field(default_factory=dict)
+    names: dict[str, tuple[str, str, int]] = msgspec.field(default_factory=dict)
     index_stat: list[int] = msgspec.field(default_factory=list)  # [size, mtime_ns] we left
 
 
@@ -89,24 +90,20 @@ def load_retired(storage: Storage, subdir: str) -> Retired:
     return found
 
 
-def created_at() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class ShardSet:
     """The shards one index names: name -> (records digest, shard sha256), and the new files."""
 
     def __init__(self) -> None:
-        self.names: dict[str, tuple[str, str]] = {}
+        self.names: dict[str, tuple[str, str, int]] = {}
         self.new_files: dict[str, bytes] = {}  # shard hex -> compressed bytes
 
     def hexes(self) -> set[str]:
-        return {shard for _, shard in self.names.values()}
+        return {shard for _, shard, _ in self.names.values()}
 
 
 def plan_shards(
     groups: Mapping[str, NameRecords],
-    known: Mapping[str, tuple[str, str]],
+    known: Mapping[str, tuple[str, str, int]],
     digests: dict[str, str] | None = None,
 ) -> ShardSet:
     """Encode only the names whose records' digest is not the one `known` has for them.
@@ -124,8 +121,8 @@ def plan_shards(
         if previous is not None and previous[0] == digest:
             out.names[name] = previous
             continue
-        sha, data = encode_shard(group)
-        out.names[name] = (digest, sha.hex())
+        sha, data, newest = encode_shard(group)
+        out.names[name] = (digest, sha.hex(), newest)
         out.new_files[sha.hex()] = data
     return out
 
@@ -150,7 +147,7 @@ class ShardPublisher:
         self.subdir = subdir
         self.state = load_state(storage, subdir)
         self.retired = load_retired(storage, subdir)
-        self.published: dict[str, tuple[str, str]] = dict(self.state.names)
+        self.published: dict[str, tuple[str, str, int]] = dict(self.state.names)
         self.started_ns = started_ns or time.time_ns()
         self.files_written = 0
         self.digests: dict[str, str] = {}
@@ -172,8 +169,8 @@ class ShardPublisher:
             return False
         index = encode_shard_index(
             self.subdir,
-            {name: bytes.fromhex(shard) for name, (_, shard) in sorted(shards.names.items())},
-            created_at(),
+            {name: bytes.fromhex(entry[1]) for name, entry in sorted(shards.names.items())},
+            created_at(max((entry[2] for entry in shards.names.values()), default=0)),
         )
         self.storage.publish([(index_path(self.subdir), index)])
         stat = self.storage.stat(index_path(self.subdir))
@@ -190,11 +187,11 @@ class ShardPublisher:
         self.published = {}
 
     def _retire(
-        self, old: Mapping[str, tuple[str, str]], new: Mapping[str, tuple[str, str]]
+        self, old: Mapping[str, tuple[str, str, int]], new: Mapping[str, tuple[str, str, int]]
     ) -> None:
         now = time.time_ns()
-        named = {shard for _, shard in new.values()}
-        for _, shard in old.values():
+        named = {shard for _, shard, _ in new.values()}
+        for _, shard, _ in old.values():
             if shard not in named:
                 self.retired.shards.setdefault(shard, now)
         for shard in named:
@@ -212,7 +209,7 @@ class ShardPublisher:
     def adopt_strays(self) -> None:
         """Shard files nobody named or retired (a killed run's, or deleted state): retired now,
         so they go after the grace period like any other."""
-        named = {shard for _, shard in self.published.values()}
+        named = {shard for _, shard, _ in self.published.values()}
         now = time.time_ns()
         for filename in self.storage.listing(f"{self.subdir}/{SHARDS_DIR}"):
             if not is_shard_filename(filename):

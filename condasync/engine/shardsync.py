@@ -129,7 +129,7 @@ class SubdirShards:
         clock = time.monotonic()
         self.pub.adopt_strays()
         self.pub.save()
-        named = {shard for _, shard in self.pub.published.values()}
+        named = {shard for _, shard, _ in self.pub.published.values()}
         deleted = collect_orphans(
             self.storage, self.subdir, self.grace, self.started_ns, self.pub.retired, named
         )
