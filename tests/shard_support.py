@@ -18,6 +18,7 @@ from tests.conftest import REPO_ROOT, cli_env
 
 SHARD_CLIENT = REPO_ROOT / "tests" / "shard_client.py"
 SHARD_INDEX = "repodata_shards.msgpack.zst"
+_HOP_HEADERS = ("content-length", "transfer-encoding", "connection", "content-encoding")
 
 
 def unpack(data: bytes) -> Any:
@@ -98,3 +99,69 @@ def client_records(
     assert proc.returncode == 0, proc.stderr
     found: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return found
+
+
+def named_tree(root: Path, tree: dict[str, bytes]) -> dict[str, bytes]:
+    """`tree` without the orphan shards a run keeps for the grace period (not named by any
+    published shard index): what a clean mirror of the same upstream also has."""
+    named = set()
+    for subdir in {key.split("/", 1)[0] for key in tree}:
+        index = read_index(root, subdir)
+        if index is not None:
+            named |= {f"{subdir}/shards/{d.hex()}.msgpack.zst" for d in index["shards"].values()}
+    return {k: v for k, v in tree.items() if "/shards/" not in k or k in named}
+
+
+class LoggingRelay:
+    """A plain HTTP relay in front of a server under test: forwards GET/HEAD as they are and
+    logs (method, path, status), so a test sees every request a client made."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        relay = self
+        self.target = target.rstrip("/")
+        self.log: list[tuple[str, str, int]] = []
+        self._client = httpx.Client(timeout=30, trust_env=False)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _relay(self) -> None:
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                r = relay._client.request(self.command, relay.target + self.path, headers=headers)
+                relay.log.append((self.command, self.path, r.status_code))
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in (
+                        "content-length",
+                        "transfer-encoding",
+                        "connection",
+                        "content-encoding",
+                    ):
+                        self.send_header(k, v)
+                body = b"" if self.command == "HEAD" else r.content
+                self.send_header("content-length", str(len(r.content)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_HEAD = _relay
+
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def paths(self) -> list[str]:
+        return [path for _, path, _ in self.log]
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._client.close()

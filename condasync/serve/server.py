@@ -16,6 +16,7 @@ from condasync.serve.paths import FilePath, is_channel_name, is_package, parse_f
 from condasync.serve.proxy import ProxyChannel, ProxyError
 from condasync.serve.roles import Identity, can_read
 from condasync.serve.s3files import StorageUnavailable
+from condasync.serve.shardproxy import is_shard_request, serve_shard_file
 from condasync.serve.store import LocalChannels, S3Channels
 from condasync.serve.stream import ProxyAborted
 from condasync.serve.tasks import TaskRunner
@@ -221,6 +222,12 @@ class ChannelFiles:
     async def _proxy(self, scope: Scope, send: Send, channel: Channel, path: FilePath) -> None:
         proxy = self.server.proxy(channel)
         head = scope["method"] == "HEAD"
+        if path.subdir and is_shard_request(path.filename):  # CEP-16, passed through
+            await serve_shard_file(
+                proxy, scope, send, path.subdir, path.filename,
+                lambda: self._send(scope, send, channel, path),
+            )  # fmt: skip
+            return
         if path.subdir and path.filename in PROXY_INDEXES:
             try:
                 meta, stale = await proxy.index(path.subdir)
