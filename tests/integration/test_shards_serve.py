@@ -169,3 +169,42 @@ def test_proxy_without_upstream_shards_is_404(
     # upstream answering 500 with no cached copy: still 404 (the client falls back)
     upstream.fault(f"/linux-64/{SHARD_INDEX}", "500", times=None)
     assert server.client.get(f"/channels/p/linux-64/{SHARD_INDEX}").status_code == 404
+
+
+def test_nginx_example_serves_shards(
+    tmp_path: Path, channel_server: ChannelServer, mirror_dir: Path, run_cli
+) -> None:
+    import httpx
+    import pytest
+
+    from tests.realservers import find_nginx, run_nginx
+
+    nginx = find_nginx()
+    if nginx is None:
+        pytest.skip("nginx not installed (apt-get install -y --no-install-recommends nginx-light)")
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    channel_server.stop()
+    with run_nginx(nginx, mirror_dir, tmp_path / "nginx") as server:
+        for subdir in REAL_SUBDIRS:
+            published = index_records(mirror_dir, subdir)
+            names = sorted({fn.rsplit("-", 2)[0] for fn in published})
+            got = client_records(server.url, tmp_path, True, subdir, names)
+            assert sorted(got) == sorted(published)
+        log = (server.prefix / "logs" / "access.log").read_text()
+        assert "/shards/" in log and SHARD_INDEX in log
+        assert "repodata.json" not in log
+        digest = read_index(mirror_dir, "noarch")["shards"]["dependent"].hex()
+        with httpx.Client(trust_env=False, timeout=30) as c:
+            shard = c.get(f"{server.url}/noarch/shards/{digest}.msgpack.zst")
+            assert shard.status_code == 200
+            assert shard.headers["cache-control"] == IMMUTABLE
+            index = c.get(f"{server.url}/noarch/{SHARD_INDEX}")
+            assert "must-revalidate" in index.headers["cache-control"]
+            assert index.headers["content-type"] == "application/zstd"
+            again = c.get(
+                f"{server.url}/noarch/{SHARD_INDEX}",
+                headers={"if-none-match": index.headers["etag"]},
+            )
+            assert again.status_code == 304
+            missing = c.get(f"{server.url}/noarch/shards/{'0' * 64}.msgpack.zst")
+            assert missing.status_code == 404
