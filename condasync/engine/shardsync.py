@@ -6,9 +6,11 @@ final one before repodata.json.zst, and strays and orphans after the deletions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
+import orjson
 
 from condasync.channel.bigindex import Index
 from condasync.channel.shards import (
@@ -27,7 +29,10 @@ from condasync.engine.shardpub import (
     load_retired,
     plan_shards,
 )
+from condasync.models import Record
 from condasync.storage import Storage
+
+DEFAULT_GRACE = 15 * 60.0
 
 
 def published_sections(
@@ -72,8 +77,13 @@ class SubdirShards:
         kept_removed: dict[str, msgspec.Raw],
     ) -> None:
         """Group the published records and encode the names that changed (no writes)."""
-        if not self.enabled:
-            return
+        if self.enabled:
+            sections = published_sections(index, published, skip, kept_removed)
+            self.prepare_sections(sections, index.removed)
+
+    def prepare_sections(
+        self, sections: Mapping[str, Mapping[str, bytes | msgspec.Raw]], removed: list[Any]
+    ) -> None:
         clock = time.monotonic()
         on_disk = self.storage.listing(f"{self.subdir}/{SHARDS_DIR}")
         # a shard our state names but that is gone (or truncated) is encoded again
@@ -81,8 +91,7 @@ class SubdirShards:
         self.pub.published = {
             name: entry for name, entry in self.pub.published.items() if entry[1] in present
         }
-        sections = published_sections(index, published, skip, kept_removed)
-        self.groups = group_by_name(sections, index.removed)
+        self.groups = group_by_name(sections, removed)
         self.final = self.pub.plan(self.groups)
         self.seconds += time.monotonic() - clock
 
@@ -139,6 +148,22 @@ class SubdirShards:
     @property
     def files_written(self) -> int:
         return self.pub.files_written
+
+
+def publish_index_shards(
+    storage: Storage, subdir: str, records: Mapping[str, Record], grace: float = DEFAULT_GRACE
+) -> int:
+    """`index`: shards for the records of the repodata.json about to be published (before
+    it), incrementally. Returns the shard files written."""
+    sections: dict[str, dict[str, bytes]] = {"packages": {}, "packages.conda": {}}
+    for filename, record in records.items():
+        key = "packages.conda" if filename.endswith(".conda") else "packages"
+        sections[key][filename] = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    shards = SubdirShards(storage, subdir, True, grace)
+    shards.prepare_sections(sections, [])
+    shards.publish_final()
+    shards.finish()
+    return shards.files_written
 
 
 def collect_unchanged(

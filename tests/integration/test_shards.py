@@ -265,3 +265,36 @@ def test_shards_served_by_plain_http_with_token_prefix(
         assert all(r["url"].startswith(url + "/noarch/") for r in got.values()), got
         assert any("/shards/" in r.path for r in server.log())
         assert json.dumps(got)  # plain JSON
+
+
+def test_index_writes_shards_incrementally(tmp_path, run_cli, serve):
+    import shutil
+
+    from tests.conftest import REAL_CHANNEL
+
+    root = tmp_path / "own"
+    shutil.copytree(REAL_CHANNEL, root)
+    for subdir in REAL_SUBDIRS:
+        (root / subdir / "repodata.json").unlink()
+    ok(run_cli("index", str(root)))
+    for subdir in REAL_SUBDIRS:
+        assert shard_records(root, subdir) == index_records(root, subdir)
+    before = tree_stat(root)
+    ok(run_cli("index", str(root)))
+    assert tree_stat(root) == before  # nothing changed: nothing written
+    old = shard_files(root, "noarch")
+    (root / "noarch" / "dependent-1.0-0.conda").unlink()
+    ok(run_cli("index", str(root)))
+    new = shard_files(root, "noarch")
+    assert len(new - old) == 1  # only the shard of `dependent` was written again
+    assert shard_records(root, "noarch") == index_records(root, "noarch")
+    assert "dependent-1.0-0.conda" not in shard_records(root, "noarch")
+    assert ok(run_cli("verify", str(root))).returncode == 0
+    server = serve(root)
+    got = client_records(server.url, tmp_path, True, "noarch", ["dependent", "dependency"])
+    assert sorted(got) == [
+        "dependency-1.0-0.conda",
+        "dependency-2.0-0.conda",
+        "dependent-2.0-0.conda",
+    ]
+    assert not [r.path for r in server.log() if "repodata.json" in r.path]
