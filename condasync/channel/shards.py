@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,20 +50,25 @@ class NameRecords:
     conda: dict[str, bytes | msgspec.Raw] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
 
-    def digest(self) -> bytes:
+    def json(self) -> bytes:
+        """`{"packages": {...}, "packages.conda": {...}}` with filenames sorted: the bytes
+        both the digest and the shard are made from."""
+        return b"".join(
+            [
+                b'{"packages":',
+                *_json_section(self.packages),
+                b',"packages.conda":',
+                *_json_section(self.conda),
+                b"}",
+            ]
+        )
+
+    def digest(self, doc_json: bytes | None = None) -> bytes:
         """A hash of what this name publishes: unchanged records give the same digest, and
         a patched record (new depends, same file) a new one."""
-        h = hashlib.sha256()
-        for section in (self.packages, self.conda):
-            for filename in sorted(section):
-                h.update(filename.encode())
-                h.update(b"\x00")
-                h.update(section[filename])
-                h.update(b"\x01")
-            h.update(b"\x02")
+        h = hashlib.sha256(self.json() if doc_json is None else doc_json)
         for filename in sorted(self.removed):
-            h.update(filename.encode())
-            h.update(b"\x00")
+            h.update(b"\x00" + filename.encode())
         return h.digest()
 
 
@@ -72,71 +78,75 @@ def group_by_name(
     """The published records grouped by package name. A name listed only in `removed` gets
     no group (it needs no shard); removed filenames of other names go with their records."""
     groups: dict[str, NameRecords] = {}
+    get = groups.get
     for key, records in sections.items():
         conda = key == "packages.conda"
+        group: NameRecords | None = None
+        current = ""
         for filename, raw in records.items():
-            name = package_name(filename)
-            group = groups.get(name)
-            if group is None:
-                group = groups[name] = NameRecords()
+            name = filename.rsplit("-", 2)[0]
+            if name != current or group is None:  # a name's records are usually adjacent
+                current = name
+                group = get(name)
+                if group is None:
+                    group = groups[name] = NameRecords()
+                target = group.conda if conda else group.packages
             # Raw views of the index document: no copy of 340 MB of records
-            (group.conda if conda else group.packages)[filename] = raw
+            target[filename] = raw
     for gone in removed:
         if isinstance(gone, str) and gone.endswith((".conda", ".tar.bz2")):
-            group = groups.get(package_name(gone))
-            if group is not None:
-                group.removed.append(gone)
+            found = groups.get(package_name(gone))
+            if found is not None:
+                found.removed.append(gone)
     return groups
 
 
-def _binary_hashes(record: Any) -> Any:
-    """sha256 and md5 as msgpack bin (32 and 16 bytes), as rattler writes and reads them."""
-    if isinstance(record, dict):
-        sha256, md5 = record.get("sha256"), record.get("md5")
-        if isinstance(sha256, str):
-            if _HEX64.match(sha256):
-                record["sha256"] = bytes.fromhex(sha256)
-            else:
-                del record["sha256"]
-        if isinstance(md5, str):
-            if _HEX32.match(md5):
-                record["md5"] = bytes.fromhex(md5)
-            else:
-                del record["md5"]
-    return record
+def _key(filename: str) -> bytes:
+    if '"' in filename or "\\" in filename or not filename.isprintable():
+        return msgspec.json.encode(filename) + b":"
+    return f'"{filename}":'.encode()
 
 
 def _json_section(records: Mapping[str, bytes | msgspec.Raw]) -> list[bytes | msgspec.Raw]:
     parts: list[bytes | msgspec.Raw] = [b"{"]
-    for i, fn in enumerate(sorted(records)):
-        parts.append(b"," + msgspec.json.encode(fn) + b":" if i else msgspec.json.encode(fn) + b":")
+    for fn in sorted(records):
+        parts.append(_key(fn))
         parts.append(records[fn])
-    parts.append(b"}")
+        parts.append(b",")
+    parts[-1] = b"}"  # the last comma, or the "{" of an empty map: "{}" either way
+    if len(parts) == 1:
+        parts = [b"{}"]
     return parts
 
 
-def encode_shard(group: NameRecords) -> tuple[bytes, bytes, int]:
+def encode_shard(group: NameRecords, doc_json: bytes | None = None) -> tuple[bytes, bytes, int]:
     """(sha256 of the compressed shard, the compressed shard, its newest record timestamp in
     ms): zstd of msgpack `{"packages", "packages.conda", "removed"}`, with the frame's
-    content size, keys sorted."""
-    doc_json = b"".join(
-        [
-            b'{"packages":',
-            *_json_section(group.packages),
-            b',"packages.conda":',
-            *_json_section(group.conda),
-            b"}",
-        ]
-    )
-    doc = msgspec.json.decode(doc_json)
+    content size, keys sorted; sha256 and md5 as bin (32 and 16 bytes), as rattler has them."""
+    doc = msgspec.json.decode(group.json() if doc_json is None else doc_json)
     newest = 0
+    fromhex = bytes.fromhex
     for section in (doc["packages"], doc["packages.conda"]):
         for record in section.values():
-            _binary_hashes(record)
-            newest = max(newest, timestamp_ms(record))
+            if record.__class__ is not dict:
+                continue
+            for key, size in (("sha256", 32), ("md5", 16)):
+                text = record.get(key)
+                if text is not None:
+                    try:
+                        value = fromhex(text)
+                    except (TypeError, ValueError):
+                        value = b""
+                    if len(value) == size and len(text) == 2 * size:
+                        record[key] = value
+                    else:
+                        del record[key]  # never a malformed hash as text: rattler fails on it
+            ts = record.get("timestamp")
+            if ts.__class__ is int and ts > newest:
+                newest = ts
     doc["removed"] = sorted(group.removed)
     data = compress(_encoder.encode(doc))
-    return hashlib.sha256(data).digest(), data, newest
+    return hashlib.sha256(data).digest(), data, newest if newest > 253402300799 else newest * 1000
 
 
 def timestamp_ms(record: Any) -> int:
@@ -154,10 +164,21 @@ def created_at(newest_ms: int) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{newest_ms % 1000:03d}Z"
 
 
+class _Compressors(threading.local):
+    compressor: zstandard.ZstdCompressor | None = None
+
+
+_compressors = _Compressors()
+
+
 def compress(data: bytes) -> bytes:
     """zstd with the content size in the frame header (rattler's writer leaves it out, and
-    Python's `zstandard.decompress()` then fails)."""
-    return zstandard.ZstdCompressor(level=SHARD_LEVEL, write_content_size=True).compress(data)
+    Python's `zstandard.decompress()` then fails). One compressor per thread, reused."""
+    compressor = _compressors.compressor
+    if compressor is None:
+        compressor = zstandard.ZstdCompressor(level=SHARD_LEVEL, write_content_size=True)
+        _compressors.compressor = compressor
+    return compressor.compress(data)
 
 
 def encode_shard_index(subdir: str, shards: Mapping[str, bytes], created_at: str) -> bytes:

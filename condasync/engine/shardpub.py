@@ -24,7 +24,8 @@ from condasync.channel.shards import (
 from condasync.storage import STATE_DIR, Storage
 
 WRITE_BATCH = 256  # shard files per storage.publish call (one thread each)
-WRITE_THREADS = 4
+WRITE_THREADS = 2
+S3_THREADS = 16  # PUTs are round trips: more of them in flight
 
 
 class ShardState(msgspec.Struct):
@@ -113,15 +114,17 @@ def plan_shards(
         if not group.packages and not group.conda:
             continue  # a name listed only in `removed` needs no shard
         digest = digests.get(name) if digests is not None else None
+        doc_json = None
         if digest is None:
-            digest = group.digest().hex()
+            doc_json = group.json()
+            digest = group.digest(doc_json).hex()
             if digests is not None:
                 digests[name] = digest
         previous = known.get(name)
         if previous is not None and previous[0] == digest:
             out.names[name] = previous
             continue
-        sha, data, newest = encode_shard(group)
+        sha, data, newest = encode_shard(group, doc_json)
         out.names[name] = (digest, sha.hex(), newest)
         out.new_files[sha.hex()] = data
     return out
@@ -129,14 +132,16 @@ def plan_shards(
 
 def write_shard_files(storage: Storage, subdir: str, files: Mapping[str, bytes]) -> int:
     """Put new shard files in place (each a complete, immutable file under its hash), a
-    batch per thread. Returns how many were written."""
+    batch per thread, then make them durable at once. Returns how many were written."""
     items = [(shard_path(subdir, hexdigest), data) for hexdigest, data in sorted(files.items())]
     if not items:
         return 0
     batches = [items[i : i + WRITE_BATCH] for i in range(0, len(items), WRITE_BATCH)]
-    with ThreadPoolExecutor(min(WRITE_THREADS, len(batches))) as pool:
-        written = sum(len(done) for done in pool.map(storage.publish, batches))
-    return written
+    threads = min(WRITE_THREADS if storage.local else S3_THREADS, len(batches))
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(storage.put_immutable, batches))
+    storage.sync()
+    return len(items)
 
 
 class ShardPublisher:
@@ -151,6 +156,7 @@ class ShardPublisher:
         self.started_ns = started_ns or time.time_ns()
         self.files_written = 0
         self.digests: dict[str, str] = {}
+        self.present: dict[str, int] = {}  # shard files found in place: hash -> size
 
     def plan(self, groups: Mapping[str, NameRecords]) -> ShardSet:
         return plan_shards(groups, self.published, self.digests)
@@ -158,7 +164,12 @@ class ShardPublisher:
     def publish(self, shards: ShardSet) -> bool:
         """New shard files, then the shard index (unless it already names exactly these).
         Returns whether the index was written."""
-        self.files_written += write_shard_files(self.storage, self.subdir, shards.new_files)
+        todo = {  # a shard already in place under its hash is that very file
+            shard: data
+            for shard, data in shards.new_files.items()
+            if self.present.get(shard) != len(data)
+        }
+        self.files_written += write_shard_files(self.storage, self.subdir, todo)
         shards.new_files = {}
         current = self.storage.stat(index_path(self.subdir))
         if (

@@ -87,7 +87,10 @@ class SubdirShards:
         clock = time.monotonic()
         on_disk = self.storage.listing(f"{self.subdir}/{SHARDS_DIR}")
         # a shard our state names but that is gone (or truncated) is encoded again
-        present = {fn.split(".", 1)[0] for fn in on_disk if is_shard_filename(fn)}
+        present = {
+            fn.split(".", 1)[0]: st[0] for fn, st in on_disk.items() if is_shard_filename(fn)
+        }
+        self.pub.present = present
         self.pub.published = {
             name: entry for name, entry in self.pub.published.items() if entry[1] in present
         }
