@@ -98,6 +98,27 @@ class SubdirShards:
         self.final = self.pub.plan(self.groups)
         self.seconds += time.monotonic() - clock
 
+    def drop(self, skip: set[str]) -> None:
+        """Leave out records whose download failed (prepare ran assuming none would)."""
+        if self.final is None or not skip:
+            return
+        clock = time.monotonic()
+        affected = {package_name(fn) for fn in skip} & self.groups.keys()
+        for name in affected:
+            group = self.groups[name]
+            group.packages = {fn: r for fn, r in group.packages.items() if fn not in skip}
+            group.conda = {fn: r for fn, r in group.conda.items() if fn not in skip}
+        redone = plan_shards({n: self.groups[n] for n in affected}, self.pub.published)
+        stale = {self.final.names[n][1] for n in affected if n in self.final.names}
+        for name in affected:
+            self.final.names.pop(name, None)
+        self.final.names.update(redone.names)
+        still = {shard for _, shard, _ in self.final.names.values()}
+        for shard in stale - still:
+            self.final.new_files.pop(shard, None)
+        self.final.new_files.update(redone.new_files)
+        self.seconds += time.monotonic() - clock
+
     def publish_interim(self, exclude: set[str]) -> None:
         """Before same-name replacements move in: an index whose shards leave out `exclude`
         (the replaced and added files), as the interim repodata.json does."""

@@ -443,14 +443,20 @@ async def _download_and_prepare(
         await discard_when_ready(early)
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
+    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
+    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded meanwhile too (no writes)
+        asyncio.to_thread(shards.prepare, index, planned.published, set(), planned.kept_removed)
+    )
     try:
         done, staged = await download_all(
             job, client, package_base, storage, subdir, plan, planned.wanted, present, report,
             listen,
         )  # fmt: skip
     except BaseException:
+        await asyncio.gather(shards_ahead, return_exceptions=True)
         await discard_when_ready(ahead)
         raise
+    await shards_ahead
     clock = report.timed("download", clock)
     interim, final = await ahead
     if final is None:
@@ -486,8 +492,9 @@ async def _publish(
     clock = time.monotonic()
     final, interim, staged = ready.final, ready.interim, ready.staged
     skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
-    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
-    await asyncio.to_thread(shards.prepare, index, planned.published, skip, planned.kept_removed)
+    shards = planned.shards
+    assert shards is not None
+    await asyncio.to_thread(shards.drop, skip)  # shards were prepared for no failures
     if skip:  # the final index was written for all downloads succeeding: write it again
         final.discard()
         data = await asyncio.to_thread(
