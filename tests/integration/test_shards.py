@@ -298,3 +298,15 @@ def test_index_writes_shards_incrementally(tmp_path, run_cli, serve):
         "dependent-2.0-0.conda",
     ]
     assert not [r.path for r in server.log() if "repodata.json" in r.path]
+
+
+def test_a_damaged_shard_index_is_rewritten_by_the_next_run(channel_server, mirror_dir, run_cli):
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    path = mirror_dir / "noarch" / SHARD_INDEX
+    good = path.read_bytes()
+    with open(path, "r+b") as fh:  # in place: the folder's mtime stays as it was
+        fh.write(b"\0" * 16)
+    assert run_cli("verify", str(mirror_dir)).returncode == 4
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    assert path.read_bytes() == good
+    assert ok(run_cli("verify", str(mirror_dir))).returncode == 0
