@@ -208,3 +208,51 @@ def test_nginx_example_serves_shards(
             assert again.status_code == 304
             missing = c.get(f"{server.url}/noarch/shards/{'0' * 64}.msgpack.zst")
             assert missing.status_code == 404
+
+
+def test_proxy_shards_and_repodata_are_one_snapshot(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    real_channel,
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli,
+) -> None:
+    from tests.shard_support import shard_records
+
+    upstream_tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    upstream = serve(upstream_tree)
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
+    c = server.client
+
+    def proxy_view() -> tuple[dict, dict]:
+        index = unpack(c.get(f"/channels/p/noarch/{SHARD_INDEX}").content)
+        shards = {}
+        for digest in index["shards"].values():
+            r = c.get(f"/channels/p/noarch/shards/{digest.hex()}.msgpack.zst")
+            assert r.status_code == 200
+            for key in ("packages", "packages.conda"):
+                for fn, rec in unpack(r.content)[key].items():
+                    shards[fn] = {k: v.hex() if isinstance(v, bytes) else v for k, v in rec.items()}
+        doc = c.get("/channels/p/noarch/repodata.json").json()
+        return shards, {**doc["packages"], **doc["packages.conda"]}
+
+    shards, records = proxy_view()
+    assert shards == records == shard_records(upstream_tree, "noarch")
+    # upstream patches a record (new shard, new repodata.json)
+    real_channel.record("noarch", "dependent-2.0-0.conda")["depends"] = ["dependency >=2"]
+    real_channel.write()
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    time.sleep(1.3)
+    c.get("/channels/p/noarch/repodata.json")  # stale: served at once, refreshed behind
+    deadline = time.monotonic() + 10
+    while True:
+        shards, records = proxy_view()
+        if shards["dependent-2.0-0.conda"]["depends"] == ["dependency >=2"]:
+            # shards are refreshed right after repodata.json, never before it
+            assert shards == records
+            break
+        assert time.monotonic() < deadline, "the proxy never picked up the new snapshot"
+        time.sleep(0.2)
