@@ -63,36 +63,52 @@ class NameRecords:
             ]
         )
 
-    def digest(self, doc_json: bytes | None = None) -> bytes:
-        """A hash of what this name publishes: unchanged records give the same digest, and
-        a patched record (new depends, same file) a new one."""
-        h = hashlib.sha256(self.json() if doc_json is None else doc_json)
+    hasher: Any = None  # the digest so far, fed while grouping (None: computed from scratch)
+
+    def digest(self) -> bytes:
+        """A hash of what this name publishes, in upstream order: unchanged records give the
+        same digest, and a patched record (new depends, same file) a new one."""
+        h = self.hasher.copy() if self.hasher is not None else _record_hasher(self)
         for filename in sorted(self.removed):
-            h.update(b"\x00" + filename.encode())
-        return h.digest()
+            h.update(b"\x01" + filename.encode())
+        result: bytes = h.digest()
+        return result
+
+
+def _record_hasher(group: NameRecords) -> Any:
+    h = hashlib.sha256()
+    for section in (group.packages, group.conda):
+        for filename, raw in section.items():
+            h.update(filename.encode() + b"\x00")
+            h.update(raw)
+    return h
 
 
 def group_by_name(
     sections: Mapping[str, Mapping[str, bytes | msgspec.Raw]], removed: Iterable[object] = ()
 ) -> dict[str, NameRecords]:
-    """The published records grouped by package name. A name listed only in `removed` gets
-    no group (it needs no shard); removed filenames of other names go with their records."""
+    """The published records grouped by package name, each group's digest fed on the way
+    (one pass over 600k records). A name listed only in `removed` gets no group (it needs no
+    shard); removed filenames of other names go with their records."""
     groups: dict[str, NameRecords] = {}
     get = groups.get
-    for key, records in sections.items():
+    sha256 = hashlib.sha256
+    for key in ("packages", "packages.conda"):  # the order NameRecords.digest hashes them in
         conda = key == "packages.conda"
-        group: NameRecords | None = None
-        current = ""
-        for filename, raw in records.items():
+        current = None
+        for filename, raw in sections.get(key, {}).items():
             name = filename.rsplit("-", 2)[0]
-            if name != current or group is None:  # a name's records are usually adjacent
+            if name != current:  # a name's records are usually adjacent
                 current = name
                 group = get(name)
                 if group is None:
-                    group = groups[name] = NameRecords()
+                    group = groups[name] = NameRecords(hasher=sha256())
                 target = group.conda if conda else group.packages
+                update = group.hasher.update
             # Raw views of the index document: no copy of 340 MB of records
             target[filename] = raw
+            update(filename.encode() + b"\x00")
+            update(raw)
     for gone in removed:
         if isinstance(gone, str) and gone.endswith((".conda", ".tar.bz2")):
             found = groups.get(package_name(gone))

@@ -34,6 +34,7 @@ class ShardState(msgspec.Struct):
 
     names: dict[str, tuple[str, str, int]] = msgspec.field(default_factory=dict)
     index_stat: list[int] = msgspec.field(default_factory=list)  # [size, mtime_ns] we left
+    folder: list[int] = msgspec.field(default_factory=list)  # shards/ as we left it (local)
 
 
 class Retired(msgspec.Struct):
@@ -114,17 +115,15 @@ def plan_shards(
         if not group.packages and not group.conda:
             continue  # a name listed only in `removed` needs no shard
         digest = digests.get(name) if digests is not None else None
-        doc_json = None
         if digest is None:
-            doc_json = group.json()
-            digest = group.digest(doc_json).hex()
+            digest = group.digest().hex()
             if digests is not None:
                 digests[name] = digest
         previous = known.get(name)
         if previous is not None and previous[0] == digest:
             out.names[name] = previous
             continue
-        sha, data, newest = encode_shard(group, doc_json)
+        sha, data, newest = encode_shard(group)
         out.names[name] = (digest, sha.hex(), newest)
         out.new_files[sha.hex()] = data
     return out
@@ -156,7 +155,14 @@ class ShardPublisher:
         self.started_ns = started_ns or time.time_ns()
         self.files_written = 0
         self.digests: dict[str, str] = {}
-        self.present: dict[str, int] = {}  # shard files found in place: hash -> size
+        # shard files found in place: hash -> size (None: not listed, stat each new one)
+        self.present: dict[str, int] | None = None
+
+    def _size(self, shard: str) -> int | None:
+        if self.present is not None:
+            return self.present.get(shard)
+        st = self.storage.stat(shard_path(self.subdir, shard))
+        return None if st is None else st[0]
 
     def plan(self, groups: Mapping[str, NameRecords]) -> ShardSet:
         return plan_shards(groups, self.published, self.digests)
@@ -167,7 +173,7 @@ class ShardPublisher:
         todo = {  # a shard already in place under its hash is that very file
             shard: data
             for shard, data in shards.new_files.items()
-            if self.present.get(shard) != len(data)
+            if self._size(shard) != len(data)
         }
         self.files_written += write_shard_files(self.storage, self.subdir, todo)
         shards.new_files = {}
@@ -209,20 +215,23 @@ class ShardPublisher:
             self.retired.shards.pop(shard, None)
 
     def save(self) -> None:
-        """Record what the published index names (after the index is in place)."""
+        """Record what the published index names (after the index is in place), and the
+        shards folder as we leave it: unchanged next time, our state is trusted unlisted."""
         self.state.names = dict(sorted(self.published.items()))
+        folder = self.storage.stat(f"{self.subdir}/{SHARDS_DIR}") if self.storage.local else None
+        self.state.folder = list(folder) if folder else []
         self.storage.write_if_changed(_state_path(self.subdir), msgspec.json.encode(self.state))
         self._save_retired()
 
     def _save_retired(self) -> None:
         self.storage.write_if_changed(_retired_path(self.subdir), msgspec.json.encode(self.retired))
 
-    def adopt_strays(self) -> None:
+    def adopt_strays(self, listed: Iterable[str]) -> None:
         """Shard files nobody named or retired (a killed run's, or deleted state): retired now,
         so they go after the grace period like any other."""
         named = {shard for _, shard, _ in self.published.values()}
         now = time.time_ns()
-        for filename in self.storage.listing(f"{self.subdir}/{SHARDS_DIR}"):
+        for filename in listed:
             if not is_shard_filename(filename):
                 continue
             shard = filename.split(".", 1)[0]

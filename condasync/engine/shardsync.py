@@ -67,6 +67,7 @@ class SubdirShards:
         self.pub = ShardPublisher(storage, subdir, self.started_ns)
         self.groups: dict[str, NameRecords] = {}
         self.final: ShardSet | None = None
+        self.listed: dict[str, tuple[int, int]] | None = None  # shards/ when listed
         self.seconds = 0.0
 
     def prepare(
@@ -85,15 +86,21 @@ class SubdirShards:
         self, sections: Mapping[str, Mapping[str, bytes | msgspec.Raw]], removed: list[Any]
     ) -> None:
         clock = time.monotonic()
-        on_disk = self.storage.listing(f"{self.subdir}/{SHARDS_DIR}")
-        # a shard our state names but that is gone (or truncated) is encoded again
-        present = {
-            fn.split(".", 1)[0]: st[0] for fn, st in on_disk.items() if is_shard_filename(fn)
-        }
-        self.pub.present = present
-        self.pub.published = {
-            name: entry for name, entry in self.pub.published.items() if entry[1] in present
-        }
+        folder = f"{self.subdir}/{SHARDS_DIR}"
+        seen = self.storage.stat(folder) if self.storage.local else None
+        if seen is None or list(seen) != self.pub.state.folder or not self.pub.published:
+            # Someone else touched the shards (or an object store, with no folder mtime):
+            # a shard our state names but that is gone (or truncated) is encoded again.
+            self.listed = self.storage.listing(folder)
+            present = {
+                fn.split(".", 1)[0]: st[0]
+                for fn, st in self.listed.items()
+                if is_shard_filename(fn)
+            }
+            self.pub.present = present
+            self.pub.published = {
+                name: entry for name, entry in self.pub.published.items() if entry[1] in present
+            }
         self.groups = group_by_name(sections, removed)
         self.final = self.pub.plan(self.groups)
         self.seconds += time.monotonic() - clock
@@ -108,6 +115,7 @@ class SubdirShards:
             group = self.groups[name]
             group.packages = {fn: r for fn, r in group.packages.items() if fn not in skip}
             group.conda = {fn: r for fn, r in group.conda.items() if fn not in skip}
+            group.hasher = None  # its records changed: hashed again from them
         redone = plan_shards({n: self.groups[n] for n in affected}, self.pub.published)
         stale = {self.final.names[n][1] for n in affected if n in self.final.names}
         for name in affected:
@@ -121,7 +129,7 @@ class SubdirShards:
 
     def publish_interim(self, exclude: set[str]) -> None:
         """Before same-name replacements move in: an index whose shards leave out `exclude`
-        (the replaced and added files), as the interim repodata.json does."""
+        (the replaced files; added ones are already in place)."""
         if self.final is None or not exclude:
             return
         clock = time.monotonic()
@@ -160,12 +168,13 @@ class SubdirShards:
     def finish(self) -> list[str]:
         """After the deletions: record state, retire strays, delete orphans that are due."""
         clock = time.monotonic()
-        self.pub.adopt_strays()
-        self.pub.save()
+        if self.listed is not None:
+            self.pub.adopt_strays(fn for fn in self.listed if is_shard_filename(fn))
         named = {shard for _, shard, _ in self.pub.published.values()}
         deleted = collect_orphans(
             self.storage, self.subdir, self.grace, self.started_ns, self.pub.retired, named
         )
+        self.pub.save()  # last: it records the shards folder as this run leaves it
         self.seconds += time.monotonic() - clock
         return deleted
 

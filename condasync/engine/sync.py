@@ -507,8 +507,7 @@ async def _publish(
         # Interim index without the files about to change, so no reader ever sees an
         # index whose record disagrees with the bytes on disk. Until now readers saw
         # the old snapshot, old files included. Shards likewise, first.
-        exclude = set(planned.plan.add) | set(planned.plan.replace)
-        await asyncio.to_thread(shards.publish_interim, exclude)
+        await asyncio.to_thread(shards.publish_interim, set(planned.plan.replace) - skip)
         await asyncio.to_thread(interim.publish)
         clock = report.timed("interim", clock)
     elif interim is not None:
