@@ -150,7 +150,9 @@ class ShardPublisher:
         self.storage = storage
         self.subdir = subdir
         self.state = load_state(storage, subdir)
+        self.had_state = bool(self.state.names or self.state.index_stat)
         self.retired = load_retired(storage, subdir)
+        self.had_retired = bool(self.retired.shards)
         self.published: dict[str, tuple[str, str, int]] = dict(self.state.names)
         self.started_ns = started_ns or time.time_ns()
         self.files_written = 0
@@ -216,7 +218,10 @@ class ShardPublisher:
 
     def save(self) -> None:
         """Record what the published index names (after the index is in place), and the
-        shards folder as we leave it: unchanged next time, our state is trusted unlisted."""
+        shards folder as we leave it: unchanged next time, our state is trusted unlisted.
+        Nothing to record and no state yet (--no-shards from the start): nothing written."""
+        if not self.published and not self.retired.shards and not self.had_state:
+            return
         self.state.names = dict(sorted(self.published.items()))
         folder = self.storage.stat(f"{self.subdir}/{SHARDS_DIR}") if self.storage.local else None
         self.state.folder = list(folder) if folder else []
@@ -224,7 +229,8 @@ class ShardPublisher:
         self._save_retired()
 
     def _save_retired(self) -> None:
-        self.storage.write_if_changed(_retired_path(self.subdir), msgspec.json.encode(self.retired))
+        if self.retired.shards or self.had_retired:
+            save_retired(self.storage, self.subdir, self.retired)
 
     def adopt_strays(self, listed: Iterable[str]) -> None:
         """Shard files nobody named or retired (a killed run's, or deleted state): retired now,
@@ -261,8 +267,16 @@ def collect_orphans(
     for shard in doomed:
         storage.delete(shard_path(subdir, shard))
         del retired.shards[shard]
-    storage.write_if_changed(_retired_path(subdir), msgspec.json.encode(retired))
+    save_retired(storage, subdir, retired)
     return doomed
+
+
+def save_retired(storage: Storage, subdir: str, retired: Retired) -> None:
+    """The shards waiting for their grace period; no file while there are none."""
+    if retired.shards:
+        storage.write_if_changed(_retired_path(subdir), msgspec.json.encode(retired))
+    else:
+        storage.delete(_retired_path(subdir))
 
 
 def due(retired_ns: int, started_ns: int, grace_seconds: float) -> bool:
