@@ -26,6 +26,7 @@ from condasync.display import (
 )
 from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
+from condasync.engine.shardpub import parse_duration
 from condasync.engine.state import load_meta, mirrored_subdirs
 from condasync.engine.upstream import suggest_subdir
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
@@ -220,6 +221,19 @@ def mirror(
         str,
         typer.Option("--log-format", metavar="plain|json", help="json: one object per line."),
     ] = "plain",
+    no_shards: Annotated[
+        bool,
+        typer.Option("--no-shards", help="Write no sharded repodata (CEP-16); remove any."),
+    ] = False,
+    shard_grace: Annotated[
+        str | None,
+        typer.Option(
+            "--shard-grace",
+            metavar="DURATION",
+            help="Keep shards no longer named this long after their index was replaced"
+            " [default: 15m; 0 deletes them on the next run].",
+        ),
+    ] = None,
 ) -> None:
     """Bring DIR (a folder, or s3://bucket/prefix) up to date with the channel at URL."""
     if log_format not in ("plain", "json"):
@@ -263,6 +277,8 @@ def mirror(
                     max_delete if max_delete is not None else table.get("max_delete", 50)
                 ),
                 s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
+                shards=not no_shards and table.get("shards", True),
+                shard_grace=_grace(shard_grace or table.get("shard_grace", "15m")),
             )
             _check_job(job)
             jobs_list.append(job)
@@ -301,6 +317,13 @@ def _write_metrics_file(path: str, reports: list[MirrorReport], log_format: str)
             json_line("error", "error", message=message)
         else:
             print(f"error: {message}", file=sys.stderr)
+
+
+def _grace(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--shard-grace: {exc}") from None
 
 
 _T = TypeVar("_T")
@@ -359,6 +382,8 @@ def verify(
             print(f"problem: {where}: {problem['kind']}: {problem['detail']}", file=sys.stderr)
         for orphan in doc["orphans"]:
             print(f"orphan: {orphan}", file=sys.stderr)
+        for warning in doc["warnings"]:
+            print(f"warning: {warning}", file=sys.stderr)
         verdict = "ok" if report.ok else f"{len(doc['problems'])} problem(s)"
         print(f"{target}: {doc['files_checked']} files checked, {verdict}", file=sys.stderr)
         if doc["problems"]:

@@ -28,6 +28,8 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "retries": int,
     "zstd_level": int,
     "max_delete": (int, float),
+    "shards": bool,
+    "shard_grace": str,
 }
 
 

@@ -75,6 +75,7 @@ class SubdirReport:
     published_bytes: int = 0  # total size of the packages the published index lists
     timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
     error: str | None = None  # this subdir was not synced (missing upstream, --max-delete)
+    shards: dict[str, int] = field(default_factory=dict)  # shard files "written", "deleted"
 
     def timed(self, phase: str, started: float) -> float:
         """Add the time since `started` to a phase; return now, for the next phase."""
@@ -160,6 +161,7 @@ class MirrorReport:
                     "planned_bytes": s.planned_bytes,
                     "timings": s.timings,
                     "error": s.error,
+                    "shards": s.shards,
                 }
                 for s in self.subdirs
             },

@@ -28,6 +28,7 @@ from condasync.channel.repodata import (
     parse_repodata,
     split_filename,
 )
+from condasync.engine.shardsync import publish_index_shards
 from condasync.errors import UsageError
 from condasync.models import Event, Record, Repodata
 from condasync.storage import STATE_DIR, LocalStorage
@@ -321,7 +322,9 @@ def _publish(storage: LocalStorage, subdir: str, records: dict[str, Record]) -> 
         # a stale .bz2 would contradict the snapshot; only refresh one that already exists
         files.append((bz2_path, bz2.compress(data, 9)))
     files.append((f"{subdir}/repodata.json", data))
-    return bool(storage.publish(files))
+    # CEP-16 shards of exactly these records go up first (incrementally), then the index
+    written = publish_index_shards(storage, subdir, records)
+    return bool(storage.publish(files)) or written > 0
 
 
 def _decompressed(blob: bytes | None, decompress: Callable[[bytes], bytes]) -> bytes | None:

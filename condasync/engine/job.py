@@ -35,6 +35,8 @@ class MirrorJob:
     # Package names listed in the index but not copied: the server proxies their files.
     proxied: tuple[str, ...] = ()
     s3: S3Options = field(default_factory=S3Options)
+    shards: bool = True  # CEP-16 shards beside repodata.json (--no-shards)
+    shard_grace: float = 900.0  # seconds a shard no longer named stays (--shard-grace)
 
 
 Listener = Callable[[Event], None]

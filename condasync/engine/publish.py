@@ -12,17 +12,23 @@ import msgspec
 from condasync.channel.bigindex import Index, encode_index, parse_index
 from condasync.channel.cut import cut
 from condasync.channel.repodata import compress_zst, zst_stored
+from condasync.channel.shards import SHARD_INDEX
 from condasync.engine import fetch
 from condasync.engine.job import DEFAULT_ZSTD, INDEX_FILES, MirrorJob
 from condasync.engine.state import SubdirMeta
 from condasync.models import Plan
 from condasync.storage import Data, Prepared, Storage, joined
 
+_PUBLISHED = (*INDEX_FILES, SHARD_INDEX)  # the shard index only when we wrote one
+
 
 def published_intact(storage: Storage, subdir: str, meta: SubdirMeta) -> bool:
-    for name in INDEX_FILES:
+    for name in _PUBLISHED:
         st = storage.stat(f"{subdir}/{name}")
-        if st is None or list(st) != meta.published.get(name):
+        want = meta.published.get(name)
+        if name == SHARD_INDEX and want is None and st is None:
+            continue  # --no-shards (or a state from before shards): nothing to compare
+        if st is None or list(st) != want:
             return False
     return True
 
@@ -172,7 +178,7 @@ def prepare_index(
 def index_stats(storage: Storage, subdir: str) -> dict[str, list[int]]:
     """What we published, for state: size and mtime of each index file."""
     stats = {}
-    for name in INDEX_FILES:
+    for name in _PUBLISHED:
         st = storage.stat(f"{subdir}/{name}")
         if st is not None:
             stats[name] = list(st)

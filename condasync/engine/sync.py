@@ -50,6 +50,7 @@ from condasync.engine.publish import (
     published_intact,
 )
 from condasync.engine.runrecord import record_run
+from condasync.engine.shardsync import SubdirShards, collect_unchanged
 from condasync.engine.state import (
     GENERATION,
     FilesState,
@@ -170,6 +171,7 @@ def options_hash(job: MirrorJob, channel: str) -> str:
         "bz2": job.bz2,
         "zstd": job.zstd_level,
         "generation": GENERATION,
+        "shards": job.shards,
     }
     if job.proxied:
         doc["proxied"] = tuple(sorted(job.proxied))
@@ -269,6 +271,9 @@ async def _sync_subdir(
                 meta.last_modified = upstream.fetched.last_modified
                 meta.source = upstream.fetched.source
             save_meta(storage, subdir, meta)
+        if not job.dry_run:  # orphan shards whose grace has passed
+            deleted = collect_unchanged(storage, subdir, job.shard_grace, locker.ensure)
+            report.shards = {"written": 0, "deleted": len(deleted)}
         return
     report.timings.update(upstream.timings)
     # Nothing of ours to change (no filters, nothing kept, info as we publish it): upstream's
@@ -319,6 +324,7 @@ class _Planned:
     deletes: tuple[str, ...] = ()
     strays_first: bool = False
     kept_removed: dict[str, msgspec.Raw] = field(default_factory=dict)
+    shards: SubdirShards | None = None
 
 
 async def _sync_changed(
@@ -468,14 +474,20 @@ async def _download_and_prepare(
         await discard_when_ready(early)
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
+    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
+    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded meanwhile too (no writes)
+        asyncio.to_thread(shards.prepare, index, planned.published, set(), planned.kept_removed)
+    )
     try:
         done, staged = await download_all(
             job, client, package_base, storage, subdir, plan, planned.wanted, present, report,
             listen,
         )  # fmt: skip
     except BaseException:
+        await asyncio.gather(shards_ahead, return_exceptions=True)
         await discard_when_ready(ahead)
         raise
+    await shards_ahead
     clock = report.timed("download", clock)
     interim, final = await ahead
     if final is None:
@@ -511,6 +523,9 @@ async def _publish(
     clock = time.monotonic()
     final, interim, staged = ready.final, ready.interim, ready.staged
     skip = set(report.failed)  # a failed download keeps its old bytes but loses its record
+    shards = planned.shards
+    assert shards is not None
+    await asyncio.to_thread(shards.drop, skip)  # shards were prepared for no failures
     if skip:  # the final index was written for all downloads succeeding: write it again
         final.discard()
         data = await asyncio.to_thread(
@@ -522,7 +537,8 @@ async def _publish(
     if interim is not None and staged:
         # Interim index without the files about to change, so no reader ever sees an
         # index whose record disagrees with the bytes on disk. Until now readers saw
-        # the old snapshot, old files included.
+        # the old snapshot, old files included. Shards likewise, first.
+        await asyncio.to_thread(shards.publish_interim, set(planned.plan.replace) - skip)
         await asyncio.to_thread(interim.publish)
         clock = report.timed("interim", clock)
     elif interim is not None:
@@ -535,6 +551,7 @@ async def _publish(
         record = planned.wanted[filename]
         done[filename] = FileState(record.size, record.digest, mtime_ns)
     clock = report.timed("commit", clock)
+    await asyncio.to_thread(shards.publish_final)  # new shards and their index before .zst
     await asyncio.to_thread(final.publish)
     stats = index_stats(storage, subdir)
     report.timed("publish", clock)
@@ -573,6 +590,10 @@ async def _delete_and_save(
     changes.update(done)
     save_files(storage, subdir, planned.state, changes)
     storage.clear_staging(subdir)  # before the folder's mtime is recorded
+    if planned.shards is not None:
+        deleted = await asyncio.to_thread(planned.shards.finish)
+        report.shards = {"written": planned.shards.files_written, "deleted": len(deleted)}
+        report.timings["shards"] = round(planned.shards.seconds, 3)
     report.timed("state", clock)
     folder = storage.stat(subdir)
     save_meta(

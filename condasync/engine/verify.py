@@ -30,6 +30,7 @@ from condasync.engine.indexer import (
     read_index_json,
     scan_files,
 )
+from condasync.engine.shardverify import SHARD_KINDS, check_shards
 from condasync.errors import UsageError
 from condasync.models import Record
 from condasync.storage import hash_file
@@ -51,6 +52,7 @@ KINDS = {
     "unreadable": "an indexed file exists but cannot be opened",
     "corrupt": "deep: the package archive cannot be read",
     "metadata": "deep: info/index.json disagrees with the record's name/version/build/subdir",
+    **SHARD_KINDS,
 }
 # Orphans (package files no index lists) are reported but are NOT problems: `--keep-removed`
 # and interrupted runs legitimately leave them, and no client can ever see them.
@@ -87,6 +89,7 @@ class VerifyReport:
     files_checked: int = 0
     problems: list[Problem] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # not problems (old orphan shards)
 
     @property
     def ok(self) -> bool:
@@ -99,6 +102,7 @@ class VerifyReport:
             "files_checked": self.files_checked,
             "problems": [p.to_dict() for p in self.problems],
             "orphans": self.orphans,
+            "warnings": self.warnings,
             "ok": self.ok,
         }
 
@@ -132,7 +136,9 @@ def verify_tree(
             report.orphans.extend(f"{subdir}/{n}" for n in sorted(files) if is_package_name(n))
             continue
         report.subdirs_checked.append(subdir)
-        checked, orphans = _verify_subdir(root / subdir, subdir, files, deep, workers, add)
+        checked, orphans = _verify_subdir(
+            root / subdir, subdir, files, deep, workers, add, report.warnings
+        )
         report.files_checked += checked
         report.orphans.extend(f"{subdir}/{n}" for n in orphans)
     if "noarch" not in report.subdirs_checked:
@@ -152,6 +158,7 @@ def _verify_subdir(
     deep: bool,
     workers: int,
     add: Callable[[Problem], None],
+    warnings: list[str],
 ) -> tuple[int, list[str]]:
     """Check one subdir; return (records checked, orphan filenames)."""
     try:
@@ -192,7 +199,29 @@ def _verify_subdir(
         for problem in problems:
             add(problem)
     orphans = [n for n in sorted(files) if is_package_name(n) and n not in repodata.records]
+
+    def read(relpath: str) -> bytes | None:  # relpaths made of fixed names and hex digits
+        try:
+            return (folder / relpath).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    _add_shards(subdir, read, scan_files(folder / "shards"), repodata.records, add, warnings)
     return len(sound), orphans
+
+
+def _add_shards(
+    subdir: str,
+    read: Callable[[str], bytes | None],
+    shard_files: dict[str, tuple[int, int]],
+    records: dict[str, Record],
+    add: Callable[[Problem], None],
+    warnings: list[str],
+) -> None:
+    found = check_shards(subdir, read, shard_files, records)
+    for filename, kind, detail in found.problems:
+        add(Problem(subdir, filename, kind, detail))
+    warnings.extend(found.warnings)
 
 
 def _sound_records(
@@ -319,10 +348,13 @@ def verify_storage(
             on_problem(str(problem))
 
     by_subdir: dict[str, dict[str, S3Object]] = {}
+    shard_objects: dict[str, dict[str, tuple[int, int]]] = {}
     for obj in storage.list():
         subdir, _, name = obj.relpath.partition("/")
         if is_subdir(subdir) and name and "/" not in name:
             by_subdir.setdefault(subdir, {})[name] = obj
+        elif is_subdir(subdir) and name.startswith("shards/") and name.count("/") == 1:
+            shard_objects.setdefault(subdir, {})[name[7:]] = (obj.size, obj.mtime_ns)
     for subdir, objects in sorted(by_subdir.items()):
         if "repodata.json" not in objects:
             report.orphans.extend(f"{subdir}/{n}" for n in sorted(objects) if is_package_name(n))
@@ -346,6 +378,12 @@ def verify_storage(
         report.orphans.extend(
             f"{subdir}/{n}" for n in sorted(objects) if is_package_name(n) and n not in records
         )
+
+        def read(relpath: str, subdir: str = subdir) -> bytes | None:
+            return storage.read(f"{subdir}/{relpath}")
+
+        shard_files = shard_objects.get(subdir, {})
+        _add_shards(subdir, read, shard_files, records, add, report.warnings)
     if "noarch" not in report.subdirs_checked:
         add(Problem("noarch", "repodata.json", "missing-index", KINDS["missing-index"]))
     return report

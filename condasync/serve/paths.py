@@ -31,6 +31,7 @@ INDEX_NAMES = frozenset(
 # `/channels/<name>/...` and quetz's `/get/<name>/...`: one parser, one handler for both.
 FILE_PREFIXES = ("channels", "get")
 CHANNEL_ROOT_FILES = frozenset({"channeldata.json"})
+SHARD_FILE_RE = re.compile(r"^[0-9a-f]{64}\.msgpack\.zst$")
 PACKAGE_CACHE = "public, max-age=31536000, immutable"
 INDEX_CACHE = "public, max-age=30, must-revalidate"
 
@@ -80,9 +81,16 @@ def parse_file_path(raw_path: str) -> FilePath | None:
         if not token or any(c in token for c in "/\\\x00"):
             return None
         parts = parts[2:]
-    if len(parts) not in (3, 4) or parts[0] not in FILE_PREFIXES:
+    if (
+        len(parts) == 5
+        and parts[0] in FILE_PREFIXES
+        and parts[3] == "shards"
+        and SHARD_FILE_RE.match(parts[4])
+    ):
+        parts = [*parts[:3], f"shards/{parts[4]}"]  # a CEP-16 shard: a plain hex name only
+    elif len(parts) not in (3, 4) or parts[0] not in FILE_PREFIXES:
         return None
-    segments = [_segment(p) for p in parts[1:]]
+    segments = [p if p.startswith("shards/") else _segment(p) for p in parts[1:]]
     if any(s is None for s in segments):
         return None
     names = [s for s in segments if s is not None]
@@ -101,6 +109,11 @@ def parse_file_path(raw_path: str) -> FilePath | None:
 
 def is_package(filename: str) -> bool:
     return filename.endswith((".conda", ".tar.bz2"))
+
+
+def is_shard(filename: str) -> bool:
+    """`shards/<sha256 hex>.msgpack.zst`: named by its hash, so immutable like a package."""
+    return filename.startswith("shards/") and bool(SHARD_FILE_RE.match(filename[7:]))
 
 
 def is_index(filename: str) -> bool:
@@ -122,5 +135,5 @@ def content_type(filename: str) -> str:
 
 @lru_cache(maxsize=1024)
 def cache_control(filename: str, private: bool) -> str:
-    policy = PACKAGE_CACHE if is_package(filename) else INDEX_CACHE
+    policy = PACKAGE_CACHE if is_package(filename) or is_shard(filename) else INDEX_CACHE
     return policy.replace("public", "private", 1) if private else policy

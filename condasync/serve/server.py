@@ -21,6 +21,7 @@ from condasync.serve.proxybz2 import bz2_cache
 from condasync.serve.quetzshapes import proxied_url
 from condasync.serve.roles import Identity, can_read
 from condasync.serve.s3files import StorageUnavailable
+from condasync.serve.shardproxy import is_shard_request, serve_shard_file
 from condasync.serve.store import LocalChannels, S3Channels
 from condasync.serve.stream import ProxyAborted
 from condasync.serve.tasks import TaskRunner
@@ -257,6 +258,12 @@ class ChannelFiles:
         scope["condasync.started"] = time.time()
         proxy = self.server.proxy(channel)
         head = scope["method"] == "HEAD"
+        if path.subdir and is_shard_request(path.filename):  # CEP-16, passed through
+            await serve_shard_file(
+                proxy, scope, send, path.subdir, path.filename,
+                lambda: self._send(scope, send, channel, path),
+            )  # fmt: skip
+            return
         if path.subdir and path.filename in PROXY_INDEXES:
             try:
                 meta, stale = await proxy.index(path.subdir)

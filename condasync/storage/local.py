@@ -228,6 +228,40 @@ class LocalStorage:
         finally:
             prepared.discard()
 
+    def put_immutable(self, files: Sequence[tuple[str, bytes]]) -> None:
+        """Content-addressed files (CEP-16 shards): each is written to a temp beside it and
+        renamed into place, complete, without an fsync of its own; `sync()` then makes them
+        all durable at once, before anything that names them is published (one fsync per
+        file costs ~1 ms: 25 s for a first write of 25,000 shards, measured)."""
+        made: set[Path] = set()
+        relpath = ""
+        try:
+            for relpath, data in files:
+                target = self.path(relpath)
+                if target.parent not in made:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    made.add(target.parent)
+                tmp = target.parent / f".{target.name}.{_RUN}{next(_serial)}.tmp"
+                try:
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, target)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+        except OSError as exc:
+            raise describe_os_error(exc, relpath) from None
+
+    def sync(self) -> None:
+        """Flush everything written to this filesystem (syncfs(2); sync(2) where missing)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            syncfs = getattr(_libc, "syncfs", None)
+            if syncfs is None or syncfs(fd) != 0:
+                os.sync()
+        finally:
+            os.close(fd)
+
     def prepare(self, files: Sequence[tuple[str, Data]], staged: bool = False) -> LocalPrepared:
         """The write half of publish(): temp files, complete and fsynced, not yet renamed.
 
@@ -334,6 +368,7 @@ class LocalStorage:
 # rename(2) through PyDLL: the GIL stays held through each call (see _rename_back_to_back).
 # This module is POSIX-only already (fcntl), so the C library is always there.
 _rename: Callable[[bytes, bytes], int] = ctypes.PyDLL(None, use_errno=True).rename
+_libc = ctypes.CDLL(None, use_errno=True)  # syncfs: the GIL is released while it runs
 
 
 def _rename_back_to_back(moves: Sequence[tuple[Path, Path]]) -> None:

@@ -389,6 +389,15 @@ class S3Storage:
             self._put(relpath, data)
         return [relpath for relpath, _ in changed]
 
+    def put_immutable(self, files: Sequence[tuple[str, bytes]]) -> None:
+        """Content-addressed objects (CEP-16 shards): PUT as they are (a PUT is atomic and
+        durable once answered; the caller already knows which ones are missing)."""
+        for relpath, data in files:
+            self._put(relpath, data)
+
+    def sync(self) -> None:
+        """Nothing to flush: an answered PUT is durable."""
+
     def prepare(self, files: Sequence[tuple[str, Data]], staged: bool = False) -> S3Prepared:
         """An object store has no rename: the PUTs (and the check for unchanged objects) wait
         for publish(); the data stays here until then."""

@@ -83,9 +83,7 @@ def test_rattler_installs_from_indexed_tree_over_http(
     got = rattler_install(server.url, ["dependent", "_r-mutex"], tmp_path)
     assert got.returncode == 0, got.stderr[-4000:]
     assert got.installed() == INSTALLED
-    assert server.requests_for("/noarch/repodata.json.zst") or server.requests_for(
-        "/noarch/repodata.json"
-    )
+    assert server.requests_for("/noarch/repodata_shards.msgpack.zst")  # CEP-16 shards
 
 
 def test_cli_index_then_verify(tmp_path: Path, run_cli: Callable[..., CliResult]) -> None:

@@ -32,6 +32,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.servers import FaultServer
+from tests.shard_support import SHARD_INDEX, named_tree, read_index
 
 PKG = "/noarch/dependent-2.0-0.conda"
 PKG_NAME = "dependent-2.0-0.conda"
@@ -68,6 +69,10 @@ def published_files(root: Path) -> set[str]:
             if (root / sub / companion).exists():
                 names.add(f"{sub}/{companion}")
         names |= {f"{sub}/{f}" for f in index_records(root, sub)}
+        shard_index = read_index(root, sub)  # CEP-16: the shard index and the shards it names
+        if shard_index is not None:
+            names.add(f"{sub}/{SHARD_INDEX}")
+            names |= {f"{sub}/shards/{d.hex()}.msgpack.zst" for d in shard_index["shards"].values()}
     if (root / "channeldata.json").exists():
         names.add("channeldata.json")
     return names
@@ -87,7 +92,8 @@ def finish_and_compare(
     final = run_cli(*mirror_args(server.url, target, "--json"))
     assert final.returncode == 0, str(final)
     assert_consistent(target)
-    got, want = tree_bytes(target), clean_mirror(run_cli, server.url, tmp_path)
+    got = named_tree(target, tree_bytes(target))  # orphan shards stay for a grace period
+    want = clean_mirror(run_cli, server.url, tmp_path)
     differ = sorted(k for k in got.keys() | want.keys() if got.get(k) != want.get(k))
     assert not differ, f"after the resumed run the tree differs from a clean mirror in {differ}"
     if check_noop:

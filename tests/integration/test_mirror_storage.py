@@ -62,7 +62,10 @@ def test_full_disk_is_a_clear_error_and_tree_stays_consistent(
     gen_channel.add("noarch", "tiny-1.0-0.conda", b"t" * 100)
     gen_channel.write()
     server = serve(gen_channel.root)
-    first = run_cli(*mirror_args(server.url, tiny_disk, "-s", "linux-64", subdirs=False))
+    # --no-shards: this 200 KiB disk has no room for the shard files' blocks as well
+    first = run_cli(
+        *mirror_args(server.url, tiny_disk, "-s", "linux-64", "--no-shards", subdirs=False)
+    )
     assert first.returncode == 0, str(first)
     published = tree_bytes(tiny_disk)
 
@@ -71,7 +74,9 @@ def test_full_disk_is_a_clear_error_and_tree_stays_consistent(
     gen_channel.add("linux-64", "bigger-1.0-0.conda", b"C" * 100_000)
     gen_channel.write()
     result = run_cli(
-        *mirror_args(server.url, tiny_disk, "-s", "linux-64", "--retries", "1", subdirs=False),
+        *mirror_args(
+            server.url, tiny_disk, "-s", "linux-64", "--retries", "1", "--no-shards", subdirs=False
+        ),
         timeout=60,
     )
     assert result.returncode not in (0, 3, 5), str(result)
@@ -89,7 +94,9 @@ def test_full_disk_is_a_clear_error_and_tree_stays_consistent(
     # once there is room again (upstream drops one big file), the run completes
     gen_channel.remove("linux-64", "bigger-1.0-0.conda")
     gen_channel.write()
-    fixed = run_cli(*mirror_args(server.url, tiny_disk, "-s", "linux-64", subdirs=False))
+    fixed = run_cli(
+        *mirror_args(server.url, tiny_disk, "-s", "linux-64", "--no-shards", subdirs=False)
+    )
     assert fixed.returncode == 0, str(fixed)
     assert "big-1.0-0.conda" in index_records(tiny_disk, "linux-64")
     assert_consistent(tiny_disk)
@@ -104,7 +111,8 @@ def test_a_stray_file_frees_its_space_before_downloads(
         gen_channel.add("linux-64", f"small-1.{i}-0.conda", bytes([i]) * 5_000)
     gen_channel.write()
     server = serve(gen_channel.root)
-    args = mirror_args(server.url, tiny_disk, "-s", "linux-64", subdirs=False)
+    # --no-shards: this 200 KiB disk has no room for the shard files' pages as well
+    args = mirror_args(server.url, tiny_disk, "-s", "linux-64", "--no-shards", subdirs=False)
     assert run_cli(*args).returncode == 0
     (tiny_disk / "linux-64" / "dropped-1.0-0.conda").write_bytes(b"D" * 100_000)
     gen_channel.add("linux-64", "big-1.0-0.conda", b"B" * 100_000)

@@ -44,7 +44,8 @@ def test_rattler_installs_through_nginx(nginx_mirror, rattler_install, tmp_path:
     assert got.installed() == {"dependent-2.0-0", "dependency-2.0-0", "_r-mutex-1.0.1-anacondar_1"}
     access_log = (server.prefix / "logs" / "access.log").read_text()
     assert 'GET /noarch/dependent-2.0-0.conda HTTP/1.1" 200' in access_log
-    assert '/noarch/repodata_shards.msgpack.zst HTTP/1.1" 404' in access_log  # the fallback
+    assert '/noarch/repodata_shards.msgpack.zst HTTP/1.1" 200' in access_log  # CEP-16 shards
+    assert "repodata.json" not in access_log
 
 
 def test_state_staging_and_dot_paths_are_404(nginx_mirror, client: httpx.Client) -> None:
@@ -61,7 +62,7 @@ def test_state_staging_and_dot_paths_are_404(nginx_mirror, client: httpx.Client)
         "/%2Econdasync/noarch.meta.json",
         "/linux-64/../.condasync/noarch.meta.json",
         "/linux-64/",  # a folder: 404, not 403
-        "/linux-64/repodata_shards.msgpack.zst",  # missing optional file: plain 404
+        "/linux-64/current_repodata.json",  # missing optional file: plain 404
         "/noarch/nothing-1.0-0.conda",
     ]
     for path in paths:

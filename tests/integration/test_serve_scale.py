@@ -64,8 +64,13 @@ def test_mirror_to_s3_then_rattler_installs_through_serve_storage(
     assert (
         c.get(f"/channels/static/{ZLIB}", headers={"Range": "bytes=999999999-"}).status_code == 416
     )
+    # CEP-16 shards made by the mirror run are served from the bucket too
+    shard_index = c.get("/channels/static/linux-64/repodata_shards.msgpack.zst")
+    assert (
+        shard_index.status_code == 200 and "must-revalidate" in shard_index.headers["cache-control"]
+    )
     for missing in (
-        "/channels/static/linux-64/repodata_shards.msgpack.zst",
+        "/channels/static/linux-64/current_repodata.json",
         "/channels/static/linux-64/nothing-1.0-0.conda",
         "/channels/static/.condasync/state.json",
         "/channels/nochannel/noarch/repodata.json",

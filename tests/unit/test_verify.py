@@ -273,7 +273,15 @@ def test_verify_modifies_nothing(tree: Path) -> None:
 def test_report_shape(tree: Path) -> None:
     delete_file(tree)
     doc = verify_tree(tree).to_dict()
-    assert set(doc) == {"dir", "subdirs_checked", "files_checked", "problems", "orphans", "ok"}
+    assert set(doc) == {
+        "dir",
+        "subdirs_checked",
+        "files_checked",
+        "problems",
+        "orphans",
+        "warnings",
+        "ok",
+    }
     assert doc["ok"] is False
     assert doc["problems"] == [
         {

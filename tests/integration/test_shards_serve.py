@@ -1,0 +1,258 @@
+"""Shards (CEP-16) through `condasync serve`: static and mirror channels serve them with the
+right cache headers and no traversal; proxy channels pass upstream's shards through."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import REAL_SUBDIRS, index_records, mirror_args, ok
+from tests.serve_support import ServeProcess, raw_get, start_serve  # noqa: F401
+from tests.servers import ChannelServer, FaultServer
+from tests.shard_support import (
+    SHARD_INDEX,
+    LoggingRelay,
+    client_records,
+    read_index,
+    unpack,
+)
+
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+def _only_shards(paths: list[str]) -> None:
+    assert any(p.endswith(SHARD_INDEX) for p in paths), paths
+    assert any("/shards/" in p for p in paths), paths
+    assert not [p for p in paths if "repodata.json" in p], paths
+
+
+def _check_client(url: str, tmp_path: Path, tree: Path) -> None:
+    """Through a logging relay: the client reads only shards, and gets repodata.json's records."""
+    relay = LoggingRelay(url)
+    try:
+        for subdir in REAL_SUBDIRS:
+            published = index_records(tree, subdir)
+            names = sorted({fn.rsplit("-", 2)[0] for fn in published})
+            relay.log.clear()
+            got = client_records(relay.url, tmp_path, True, subdir, names)
+            _only_shards(relay.paths())
+            assert sorted(got) == sorted(published)
+            for fn, record in got.items():
+                assert record.get("sha256") == published[fn].get("sha256")
+                assert record.get("md5") == published[fn].get("md5")
+                assert record["depends"] == published[fn].get("depends", [])
+                assert record["url"] == f"{relay.url}/{subdir}/{fn}"
+    finally:
+        relay.close()
+
+
+def test_static_channel_serves_shards(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    run_cli,
+) -> None:
+    root = tmp_path / "channels"
+    ok(run_cli(*mirror_args(channel_server.url, root / "static")))
+    shutil.rmtree(root / "static" / ".condasync")
+    server = start_serve(root)
+    c = server.client
+    index = read_index(root / "static", "noarch")
+    assert index is not None
+    digest = index["shards"]["dependent"].hex()
+    shard = c.get(f"/channels/static/noarch/shards/{digest}.msgpack.zst")
+    assert shard.status_code == 200
+    assert shard.headers["cache-control"] == IMMUTABLE
+    assert hashlib.sha256(shard.content).hexdigest() == digest
+    assert "dependent-2.0-0.conda" in unpack(shard.content)["packages.conda"]
+    r = c.get(f"/channels/static/noarch/{SHARD_INDEX}")
+    assert r.status_code == 200 and "must-revalidate" in r.headers["cache-control"]
+    again = c.get(
+        f"/channels/static/noarch/{SHARD_INDEX}", headers={"if-none-match": r.headers["etag"]}
+    )
+    assert again.status_code == 304 and again.headers["etag"] == r.headers["etag"]
+    assert c.head(f"/channels/static/noarch/shards/{digest}.msgpack.zst").status_code == 200
+    (root / "secret.txt").write_text("secret")
+    for target in (
+        "/channels/static/noarch/shards/../repodata.json",
+        "/channels/static/noarch/shards/%2e%2e/repodata.json",
+        "/channels/static/noarch/shards/..%2f..%2f..%2fsecret.txt",
+        "/channels/static/noarch/shards/" + "0" * 64 + ".msgpack.zst",
+        "/channels/static/noarch/shards/" + "A" * 64 + ".msgpack.zst",
+        "/channels/static/noarch/shards/x/" + digest + ".msgpack.zst",
+        "/channels/static/shards/" + digest + ".msgpack.zst",
+        "/nochannels/static/noarch/shards/" + digest + ".msgpack.zst",
+    ):
+        status, body = raw_get(server.port, target)
+        assert status == 404, (target, status)
+        assert b"secret" not in body
+    _check_client(f"{server.url}/channels/static", tmp_path, root / "static")
+
+
+def test_mirror_channel_serves_shards(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+) -> None:
+    server = start_serve()
+    assert server.create_channel("m", channel_server.url, "mirror").status_code == 201
+    r = server.client.put(
+        "/api/channels/m/actions", json={"action": "synchronize"}, headers=server.headers()
+    )
+    assert server.wait_task(r.json()["id"])["status"] == "success"
+    tree = server.root / "m"
+    assert (tree / "noarch" / SHARD_INDEX).is_file()
+    _check_client(f"{server.url}/channels/m", tmp_path, tree)
+
+
+def test_proxy_channel_passes_upstream_shards_through(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli,
+) -> None:
+    upstream_tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    upstream = serve(upstream_tree, cls=FaultServer)
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
+    url = f"{server.url}/channels/p"
+    _check_client(url, tmp_path, upstream_tree)
+    cached = server.root / "p" / "noarch" / SHARD_INDEX
+    info = unpack(cached.read_bytes())["info"]
+    assert info["base_url"] == "./" and info["shards_base_url"] == "./shards/"
+    shards = list((server.root / "p" / "noarch" / "shards").iterdir())
+    assert shards and all(hashlib.sha256(p.read_bytes()).hexdigest() in p.name for p in shards)
+    # shards are never fetched twice
+    upstream.clear_log()
+    digest = read_index(upstream_tree, "noarch")["shards"]["dependent"].hex()
+    r = server.client.get(f"/channels/p/noarch/shards/{digest}.msgpack.zst")
+    assert r.status_code == 200 and r.headers["cache-control"] == IMMUTABLE
+    assert not upstream.requests_for(f"/noarch/shards/{digest}.msgpack.zst")
+    # upstream 5xx on the shard index: the cached copy is served
+    time.sleep(1.2)
+    upstream.fault(f"/noarch/{SHARD_INDEX}", "500", times=None)
+    r = server.client.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert r.status_code == 200, r.text
+    time.sleep(0.3)
+    assert server.client.get(f"/channels/p/noarch/{SHARD_INDEX}").status_code == 200
+    # upstream gone entirely: cached shards still served
+    upstream.stop()
+    assert server.client.get(f"/channels/p/noarch/shards/{digest}.msgpack.zst").status_code == 200
+
+
+def test_proxy_without_upstream_shards_is_404(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    serve: Callable[..., ChannelServer],
+    real_channel,
+) -> None:
+    upstream = serve(real_channel.root, cls=FaultServer)
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy").status_code == 201
+    r = server.client.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert r.status_code == 404
+    r = server.client.get("/channels/p/noarch/shards/" + "ab" * 32 + ".msgpack.zst")
+    assert r.status_code == 404
+    # and the client falls back to repodata.json, which the proxy serves
+    relay = LoggingRelay(f"{server.url}/channels/p")
+    try:
+        got = client_records(relay.url, tmp_path, True, "noarch", ["dependent"])
+        assert sorted(got) == ["dependent-1.0-0.conda", "dependent-2.0-0.conda"]
+        assert any("/noarch/repodata.json" in p for p in relay.paths()), relay.log
+    finally:
+        relay.close()
+    # upstream answering 500 with no cached copy: still 404 (the client falls back)
+    upstream.fault(f"/linux-64/{SHARD_INDEX}", "500", times=None)
+    assert server.client.get(f"/channels/p/linux-64/{SHARD_INDEX}").status_code == 404
+
+
+def test_nginx_example_serves_shards(
+    tmp_path: Path, channel_server: ChannelServer, mirror_dir: Path, run_cli
+) -> None:
+    import httpx
+    import pytest
+
+    from tests.realservers import find_nginx, run_nginx
+
+    nginx = find_nginx()
+    if nginx is None:
+        pytest.skip("nginx not installed (apt-get install -y --no-install-recommends nginx-light)")
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    channel_server.stop()
+    with run_nginx(nginx, mirror_dir, tmp_path / "nginx") as server:
+        for subdir in REAL_SUBDIRS:
+            published = index_records(mirror_dir, subdir)
+            names = sorted({fn.rsplit("-", 2)[0] for fn in published})
+            got = client_records(server.url, tmp_path, True, subdir, names)
+            assert sorted(got) == sorted(published)
+        log = (server.prefix / "logs" / "access.log").read_text()
+        assert "/shards/" in log and SHARD_INDEX in log
+        assert "repodata.json" not in log
+        digest = read_index(mirror_dir, "noarch")["shards"]["dependent"].hex()
+        with httpx.Client(trust_env=False, timeout=30) as c:
+            shard = c.get(f"{server.url}/noarch/shards/{digest}.msgpack.zst")
+            assert shard.status_code == 200
+            assert shard.headers["cache-control"] == IMMUTABLE
+            index = c.get(f"{server.url}/noarch/{SHARD_INDEX}")
+            assert "must-revalidate" in index.headers["cache-control"]
+            assert index.headers["content-type"] == "application/zstd"
+            again = c.get(
+                f"{server.url}/noarch/{SHARD_INDEX}",
+                headers={"if-none-match": index.headers["etag"]},
+            )
+            assert again.status_code == 304
+            missing = c.get(f"{server.url}/noarch/shards/{'0' * 64}.msgpack.zst")
+            assert missing.status_code == 404
+
+
+def test_proxy_shards_and_repodata_are_one_snapshot(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    real_channel,
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli,
+) -> None:
+    from tests.shard_support import shard_records
+
+    upstream_tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    upstream = serve(upstream_tree)
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
+    c = server.client
+
+    def proxy_view() -> tuple[dict, dict]:
+        index = unpack(c.get(f"/channels/p/noarch/{SHARD_INDEX}").content)
+        shards = {}
+        for digest in index["shards"].values():
+            r = c.get(f"/channels/p/noarch/shards/{digest.hex()}.msgpack.zst")
+            assert r.status_code == 200
+            for key in ("packages", "packages.conda"):
+                for fn, rec in unpack(r.content)[key].items():
+                    shards[fn] = {k: v.hex() if isinstance(v, bytes) else v for k, v in rec.items()}
+        doc = c.get("/channels/p/noarch/repodata.json").json()
+        return shards, {**doc["packages"], **doc["packages.conda"]}
+
+    shards, records = proxy_view()
+    assert shards == records == shard_records(upstream_tree, "noarch")
+    # upstream patches a record (new shard, new repodata.json)
+    real_channel.record("noarch", "dependent-2.0-0.conda")["depends"] = ["dependency >=2"]
+    real_channel.write()
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    time.sleep(1.3)
+    c.get("/channels/p/noarch/repodata.json")  # stale: served at once, refreshed behind
+    deadline = time.monotonic() + 10
+    while True:
+        shards, records = proxy_view()
+        if shards["dependent-2.0-0.conda"]["depends"] == ["dependency >=2"]:
+            # shards are refreshed right after repodata.json, never before it
+            assert shards == records
+            break
+        assert time.monotonic() < deadline, "the proxy never picked up the new snapshot"
+        time.sleep(0.2)
