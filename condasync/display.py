@@ -42,6 +42,12 @@ class PlainListener:
             )
         elif kind == "failed":
             print(f"error: {where}/{event.name}: {event.message}", file=sys.stderr)
+        elif kind == "closure-warning":  # lockfile and solve problems (issue 14)
+            print(event.message, file=sys.stderr)
+        elif self.quiet:
+            return
+        elif kind == "closure":
+            print(event.message, file=sys.stderr)
         elif self.quiet:
             return
         elif kind == "plan":
@@ -104,6 +110,8 @@ class RichListener:
             self.progress.console.print(f"[red]error[/]: {where}/{event.name}: {event.message}")
         elif kind == "uptodate":
             self.progress.console.print(f"{where}: up to date")
+        elif kind in ("closure", "closure-warning"):
+            self.progress.console.print(_safe(event.message))
 
 
 def print_summary(report: MirrorReport) -> None:

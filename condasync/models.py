@@ -91,6 +91,7 @@ class MirrorReport:
     seconds: float = 0.0
     error: str | None = None
     exit_code: int = 0
+    closure: dict[str, Any] | None = None  # the selection step's report (lock, solve, ...)
 
     @property
     def unchanged(self) -> bool:
@@ -134,4 +135,5 @@ class MirrorReport:
                 }
                 for s in self.subdirs
             },
+            **({"closure": self.closure} if self.closure is not None else {}),
         }

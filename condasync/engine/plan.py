@@ -75,14 +75,17 @@ def build_plan(
 
 
 def validate_records(
-    index: Index, local: dict[str, FileState]
+    index: Index, local: dict[str, FileState], candidates: dict[str, Lite] | None = None
 ) -> tuple[dict[str, Lite], dict[str, str], set[str]]:
     """Records safe to mirror, why the others are not, and which differ from our files.
 
-    A record that matches a file we already verified (same name, size and digest) passed these
-    checks on an earlier run; only new and changed records are checked again.
+    Only `candidates` (default: every record) are checked: a filtered run validates what it
+    selected, not 600k records. A record that matches a file we already verified (same name,
+    size and digest) passed these checks on an earlier run; only new and changed records are
+    checked again.
     """
-    differ = changed(index.lite, local)
+    pool = index.lite if candidates is None else candidates
+    differ = changed(pool, local)
     rejected = dict(index.rejected)
     found = index.records(differ)
     for filename in differ:
@@ -90,9 +93,28 @@ def validate_records(
         if reason is not None:
             rejected[filename] = reason
     if len(rejected) == len(index.rejected):
-        return index.lite, rejected, differ
-    valid = {fn: lite for fn, lite in index.lite.items() if fn not in rejected}
-    return valid, rejected, differ
+        return pool, rejected, differ
+    valid = {fn: lite for fn, lite in pool.items() if fn not in rejected}
+    return valid, rejected, {fn for fn in differ if fn not in rejected}
+
+
+def select_and_validate(
+    index: Index,
+    local: dict[str, FileState],
+    filters: Filters,
+    subdir: str,
+    chosen: AbstractSet[str] | None = None,
+) -> tuple[dict[str, Lite], dict[str, str], set[str]]:
+    """Select first (the closure step's `chosen` filenames, else the filters), then validate
+    only the selected records: (selected and valid, rejected, differ)."""
+    if chosen is not None:
+        lite = index.lite
+        candidates = {fn: view for fn in chosen if (view := lite.get(fn)) is not None}
+    elif filters.active:
+        candidates = select_records(index, index.lite, filters, subdir)
+    else:
+        candidates = index.lite
+    return validate_records(index, local, candidates)
 
 
 def _raw(index: Index, filename: str) -> msgspec.Raw:

@@ -28,9 +28,11 @@ from condasync.channel.repodata import (
 )
 from condasync.channel.urls import join, mask, mask_url, normalize_channel, secrets_of
 from condasync.engine import fetch
+from condasync.engine.closure import ClosureResult, select_for_run
+from condasync.engine.closure_state import inputs_hash, save_closure_state
 from condasync.engine.download import download_all
 from condasync.engine.job import Listener, MirrorJob
-from condasync.engine.plan import build_plan, check_max_delete, select_records, validate_records
+from condasync.engine.plan import build_plan, check_max_delete, select_and_validate
 from condasync.engine.publish import (
     delete_all,
     discard_when_ready,
@@ -110,7 +112,8 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     if errors and report.exit_code in (0, EXIT_PARTIAL):
         report.exit_code = EXIT_UPSTREAM
         report.error = report.error or mask("; ".join(errors), secrets)
-    if report.exit_code == 0 and any(s.failed for s in report.subdirs):
+    mismatch = bool(report.closure and report.closure.get("lock_mismatch"))
+    if report.exit_code == 0 and (mismatch or any(s.failed for s in report.subdirs)):
         report.exit_code = 1
     for sub in report.subdirs:
         sub.failed = {k: mask(v, secrets) for k, v in sub.failed.items()}
@@ -161,6 +164,8 @@ def options_hash(job: MirrorJob, channel: str) -> str:
         "zstd": job.zstd_level,
         "generation": GENERATION,
     }
+    if job.closure.active:  # lockfile bytes, specs, platforms...: a change re-selects
+        doc["closure"] = inputs_hash(job)
     return hashlib.sha256(orjson.dumps(doc)).hexdigest()
 
 
@@ -201,6 +206,7 @@ async def _mirror(
             *(fetch_upstream(job, client, base, storage, s, options) for s in subdirs)
         )
         upstreams = resolve_missing(job, storage, list(fetched), base)
+        closure = await _select(job, client, base, storage, locker, upstreams, report, listen)
         changed = any(u.repodata is not None for u in upstreams)
         if changed and channeldata is None:
             channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
@@ -220,9 +226,32 @@ async def _mirror(
                 listen(Event("error", upstream.subdir, message=str(exc)))
             finally:
                 upstream.release()
+        if closure is not None and not job.dry_run:
+            locker.ensure()
+            save_closure_state(storage, closure, report)
         if not job.dry_run and channeldata is not None and is_json_object(channeldata):
             locker.ensure()
             storage.write_if_changed("channeldata.json", channeldata)
+
+
+async def _select(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: Storage,
+    locker: _Locker,
+    upstreams: list[Upstream],
+    report: MirrorReport,
+    listen: Listener,
+) -> ClosureResult | None:
+    """The closure step (engine/closure.py): each subdir's selection, before any write."""
+
+    async def refetch(subdir: str) -> fetch.IndexFetch:
+        return await fetch.fetch_index(client, join(base, subdir), None, job.retries, job.backoff)
+
+    if not job.closure.active:
+        return None
+    return await select_for_run(job, storage, upstreams, refetch, locker.ensure, report, listen)
 
 
 async def _sync_subdir(
@@ -257,6 +286,7 @@ async def _sync_subdir(
     if (
         not job.dry_run
         and not job.filters.active
+        and upstream.selection is None
         and not job.keep_removed
         and upstream.files_state is not None
         and check_max_delete(
@@ -350,8 +380,9 @@ def _plan_changes(
             }
             dropped = set(_copies(state.files.keys() - local.keys()))
             state.files = local
-        valid, rejected, differ = validate_records(index, local)
-        selected = select_records(index, valid, job.filters, subdir)
+        selected, rejected, differ = select_and_validate(
+            index, local, job.filters, subdir, upstream.selection
+        )
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
         plan = build_plan(
             selected, local, job.keep_removed, removed_upstream, differ, on_disk.keys()
@@ -362,7 +393,7 @@ def _plan_changes(
         plan = dataclasses.replace(
             plan, delete=tuple(_copies(plan.delete)), kept_removed=tuple(_copies(plan.kept_removed))
         )
-        report.filtered = len(valid) - len(selected)
+        report.filtered = len(index.lite) - len(selected) - (len(rejected) - len(index.rejected))
         check_max_delete(job.max_delete, subdir, len(plan.delete), len(local))
         planned = _Planned(
             plan=plan,
@@ -374,7 +405,7 @@ def _plan_changes(
             dropped=dropped,
             on_disk=on_disk,
         )
-        del valid, selected, differ, local
+        del selected, differ, local
         index.lite, index.order = {}, {}
         gc.freeze()  # later collections during downloads need not walk all that again
     for key, reason in rejected.items():
