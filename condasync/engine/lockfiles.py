@@ -101,10 +101,9 @@ def parse_lockfile(path: str) -> LockInput:
         lock = LockFile.from_path(Path(path))
     except Exception as exc:  # rattler's own ParseCondaLockError
         raise UsageError(f"{path}: not a lockfile py-rattler can read: {exc}") from None
-    head = Path(path).read_text(errors="replace")[:4000]
-    kind = (
-        "conda-lock.yml" if "\nmetadata:" in head or head.startswith("metadata:") else "pixi.lock"
-    )
+    text = Path(path).read_text(errors="replace")
+    pixi = re.search(r'^\s*"?environments"?\s*:', text, re.MULTILINE) is not None
+    kind = "pixi.lock" if pixi else "conda-lock.yml"
     found = LockInput(path, kind)
     seen: set[tuple[str, str]] = set()
     for env_name, env in sorted(lock.environments(), key=lambda e: e[0]):
