@@ -4,6 +4,7 @@ answer, errors included, is declared so that it shows in the OpenAPI schema and 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Annotated, Any
 
 import anyio
@@ -15,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from condasync import __version__
 from condasync.serve.catalog import channel_subdirs, read_indexes, read_json
+from condasync.serve.closure_settings import ClosureSettings, check_settings, closure_settings
 from condasync.serve.db import Channel, ChannelExists
 from condasync.serve.packages import list_packages
 from condasync.serve.paths import is_channel_name
@@ -137,8 +139,11 @@ def build_api(server: Server) -> FastAPI:
             body.mirror_channel_url.rstrip("/"),
             body.mirror_mode,
             body.ttl,
-            {"max_delete": body.max_delete},
+            {"max_delete": body.max_delete, **closure_settings(body)},
         )
+        problem = check_settings(channel.settings)
+        if problem is not None:
+            raise HTTPException(422, problem)
         try:
             server.db.create_channel(channel, owner_key_id=who.key_id)
         except ChannelExists:
@@ -178,6 +183,28 @@ def build_api(server: Server) -> FastAPI:
             anyio.from_thread.run(proxy.close)  # we run in a worker thread of the event loop
         server.reload()
         return {"name": channel.name, "deleted": True}
+
+    @app.patch(
+        "/api/channels/{name}",
+        response_model=ChannelOut,
+        responses={**R401, **R403, **R404},
+        tags=["channels"],
+        summary="Change a mirror channel's settings",
+    )
+    def patch_channel(name: Name, body: ClosureSettings, who: Required) -> dict[str, Any]:
+        """Fields sent replace the channel's (null clears one); the others stay."""
+        channel = existing(name)
+        if not can_synchronize(who, channel.name):
+            raise HTTPException(403, "changing a channel needs the owner or maintainer role")
+        settings = {**channel.settings, **closure_settings(body, only_set=True)}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        problem = check_settings(settings)
+        if problem is not None:
+            raise HTTPException(422, problem)
+        changed = dataclasses.replace(channel, settings=settings)
+        server.db.upsert_channel(changed)
+        server.reload()
+        return changed.to_dict()
 
     @app.get(
         "/api/channels/{name}/packages",

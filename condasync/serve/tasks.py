@@ -11,11 +11,14 @@ the tasks of a replica that died.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from condasync.engine.job import MirrorJob
 from condasync.engine.sync import run_mirror
+from condasync.serve.closure_settings import job_closure
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
 from condasync.serve.store import ChannelStore
 
@@ -114,14 +117,16 @@ class TaskRunner:
 
     def _sync(self, task: Task, channel: Channel) -> None:
         try:
-            report = run_mirror(
-                MirrorJob(
-                    url=channel.mirror_channel_url or "",
-                    target=self.store.mirror_target(channel.name),
-                    max_delete=float(channel.settings.get("max_delete", 50)),
-                    s3=self.store.s3_options,
+            with tempfile.TemporaryDirectory(prefix="condasync-locks-") as workdir:
+                report = run_mirror(
+                    MirrorJob(
+                        url=channel.mirror_channel_url or "",
+                        target=self.store.mirror_target(channel.name),
+                        max_delete=float(channel.settings.get("max_delete", 50)),
+                        s3=self.store.s3_options,
+                        closure=job_closure(channel.settings, Path(workdir)),
+                    )
                 )
-            )
             doc = report.to_dict()
             status = "success" if report.exit_code == 0 else "failed"
             error = report.error
