@@ -352,7 +352,7 @@ def _take_results(
                 subdir, _, fn = member.partition("/")
                 work.report["unsolvable"].append({
                     "subdir": subdir, "filename": fn, "platform": platform,
-                    "error": result.error,
+                    "error": (result.error or "")[:2000],
                 })  # fmt: skip
             _say(listen, f"warning: with-deps {platform}: {', '.join(members[:3])} not"
                  f" installable upstream: {first[0] if first else ''}", warning=True)  # fmt: skip
