@@ -5,6 +5,7 @@ of what the filters select, plus what --keep-unselected keeps. Returns filenames
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from condasync.engine.closure_state import (
     keep_ms,
     load_index,
     load_selection,
+    local_cache_path,
     local_index,
     save_index,
 )
@@ -50,6 +52,16 @@ class ClosureResult:
     mismatch: bool = False
     bodies: dict[str, bytes] = field(default_factory=dict)
     previous: SelectionState = field(default_factory=SelectionState)
+    staged: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class _Files:
+    """Where the solver's index files go: a temp folder, or (new upstream indexes of a local
+    target) beside the kept copy as `.new`, renamed over it once the selection is known."""
+
+    tmp: Path
+    staged: dict[str, Path]
 
 
 @dataclass
@@ -107,11 +119,20 @@ async def select_closure(
     work = _Work(indexes, report=_empty_report())
     mismatch = _apply_locks(job, work, listen, now)
     _apply_filters(job, work)
-    with tempfile.TemporaryDirectory(prefix="condasync-solve-") as tmp:
-        solved = await _solve_all(job, storage, work, bodies, new_bodies, prev, Path(tmp), listen)
+    staged: dict[str, Path] = {}  # new upstream indexes written where they are kept, as .new
+    try:
+        with tempfile.TemporaryDirectory(prefix="condasync-solve-") as tmp:
+            files = _Files(Path(tmp), staged)
+            solved = await _solve_all(job, storage, work, bodies, new_bodies, prev, files, listen)
+    except BaseException:
+        for path in staged.values():
+            path.unlink(missing_ok=True)  # an unsolvable --solve writes nothing
+        raise
     state = _keep_and_count(job, work, prev, now, inputs, solved, listen)
     selection = {subdir: set(work.reasons.get(subdir, {})) for subdir in indexes}
-    return ClosureResult(selection, work.report, state, new_bodies, mismatch, bodies, prev)
+    result = ClosureResult(selection, work.report, state, new_bodies, mismatch, bodies, prev)
+    result.staged = staged
+    return result
 
 
 def _empty_report() -> dict[str, Any]:
@@ -223,7 +244,7 @@ async def _solve_all(
     bodies: dict[str, bytes],
     new_bodies: dict[str, bytes],
     prev: SelectionState,
-    tmp: Path,
+    files: _Files,
     listen: Listener,
 ) -> dict[str, list[str]]:
     """Every --solve platform and --with-deps group, in one child process."""
@@ -234,7 +255,7 @@ async def _solve_all(
     groups = _with_deps_groups(work) if c.with_deps else {}
     if not platforms and not groups:
         return {}
-    paths = await asyncio.to_thread(_index_files, job, storage, work, bodies, new_bodies, tmp)
+    paths = await asyncio.to_thread(_index_files, job, storage, work, bodies, new_bodies, files)
     cutoff = None
     if job.filters.exclude_newer:
         cutoff = parse_cutoff(job.filters.exclude_newer, datetime.now(timezone.utc))
@@ -266,7 +287,7 @@ def _index_files(
     work: _Work,
     bodies: dict[str, bytes],
     new_bodies: dict[str, bytes],
-    tmp: Path,
+    files: _Files,
 ) -> dict[str, str]:
     """A repodata.json file per subdir for the solver: the kept copy when upstream did not
     change, else a temp file. `--exclude` takes its records out of the solver's input."""
@@ -288,7 +309,13 @@ def _index_files(
                 paths[subdir] = kept
                 continue
             data = bodies[subdir]
-        path = tmp / f"{subdir}.repodata.json"
+            cache = None if job.dry_run else local_cache_path(storage, subdir)
+            if cache is not None:  # written once: this file becomes the kept copy
+                staged = files.staged[subdir] = cache.with_name(cache.name + ".new")
+                staged.write_bytes(data)
+                paths[subdir] = str(staged)
+                continue
+        path = files.tmp / f"{subdir}.repodata.json"
         path.write_bytes(data)
         paths[subdir] = str(path)
     return paths
@@ -453,6 +480,10 @@ async def select_for_run(
     if not job.dry_run and result.new_bodies:
         ensure_lock()
         for subdir, body in result.new_bodies.items():
-            await asyncio.to_thread(save_index, storage, subdir, body)
+            staged = result.staged.get(subdir)
+            if staged is not None:
+                os.replace(staged, staged.with_name(staged.name.removesuffix(".new")))
+            else:
+                await asyncio.to_thread(save_index, storage, subdir, body)
     result.new_bodies = result.bodies = {}
     return result

@@ -61,6 +61,15 @@ def local_index(storage: Storage, subdir: str) -> str | None:
     return None
 
 
+def local_cache_path(storage: Storage, subdir: str) -> Path | None:
+    """Where a local target keeps a subdir's upstream index (its folder made)."""
+    if not isinstance(storage, LocalStorage):
+        return None
+    path = storage.path(index_path(subdir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def save_index(storage: Storage, subdir: str, body: bytes) -> None:
     storage.write_if_changed(index_path(subdir), body)
 
