@@ -142,22 +142,31 @@ def select_records(
     if not filters.active:
         return valid
     names = include_names(filters)  # `--include numpy`: only numpy-* files are candidates
-    candidates = [
-        fn
-        for fn in valid
-        if names is None or ((parts := split_filename(fn)) is not None and parts[0] in names)
-    ]
+    if names is None:
+        candidates = list(valid)
+    else:  # one C-level prefix test per key, then a full split of the few that pass
+        prefixes = tuple(f"{name}-" for name in names)
+        candidates = [
+            fn
+            for fn in valid
+            if fn.startswith(prefixes)
+            and (parts := split_filename(fn)) is not None
+            and parts[0] in names
+        ]
+    # a few records are cut from upstream's bytes; many mean one raw pass over the document
+    found = index.records(set(candidates)) if candidates else {}
     records: dict[str, dict[str, Any]] = {}
     for fn in candidates:
+        raw = found.get(fn) or _raw(index, fn)
         if filters.include or filters.exclude:  # MatchSpecs see whole records
-            records[fn] = msgspec.json.decode(_raw(index, fn))
+            records[fn] = msgspec.json.decode(raw)
         else:
             try:
-                brief = _brief.decode(_raw(index, fn))
+                brief = _brief.decode(raw)
                 records[fn] = {"name": brief.name, "version": brief.version}
                 records[fn]["timestamp"] = brief.timestamp
             except msgspec.ValidationError:
-                records[fn] = msgspec.json.decode(_raw(index, fn))
+                records[fn] = msgspec.json.decode(raw)
     chosen = select(records, filters, subdir, datetime.now(timezone.utc))
     return {fn: lite for fn, lite in valid.items() if fn in chosen}
 
