@@ -102,10 +102,12 @@ async def select_closure(
     if not changed and prev.inputs == inputs and not expired:
         _say(listen, "closure: upstream and inputs unchanged, nothing to solve")
         return None
+    clock = time.monotonic()
     indexes: dict[str, Index] = {}
     bodies: dict[str, bytes] = {}
     new_bodies: dict[str, bytes] = {}
     for u in ok:
+        u.fetched.zst = None  # a selection is never published as upstream's own .zst
         if u.repodata is not None and u.fetched.body is not None:
             indexes[u.subdir], bodies[u.subdir] = u.repodata, u.fetched.body
             new_bodies[u.subdir] = u.fetched.body
@@ -117,6 +119,7 @@ async def select_closure(
         bodies[u.subdir] = body
         indexes[u.subdir] = await asyncio.to_thread(parse_index, body, u.subdir)
     work = _Work(indexes, report=_empty_report())
+    work.report["timings"]["indexes"] = round(time.monotonic() - clock, 3)
     mismatch = _apply_locks(job, work, listen, now)
     _apply_filters(job, work)
     staged: dict[str, Path] = {}  # new upstream indexes written where they are kept, as .new
@@ -146,6 +149,7 @@ def _empty_report() -> dict[str, Any]:
         "excluded_but_locked": [],
         "unsolvable": [],
         "skipped": 0,
+        "timings": {},  # seconds: index files written for the solver, the solver process
     }
 
 
@@ -255,7 +259,9 @@ async def _solve_all(
     groups = _with_deps_groups(work) if c.with_deps else {}
     if not platforms and not groups:
         return {}
+    clock = time.monotonic()
     paths = await asyncio.to_thread(_index_files, job, storage, work, bodies, new_bodies, files)
+    work.report["timings"]["index_files"] = round(time.monotonic() - clock, 3)
     cutoff = None
     if job.filters.exclude_newer:
         cutoff = parse_cutoff(job.filters.exclude_newer, datetime.now(timezone.utc))
@@ -274,6 +280,7 @@ async def _solve_all(
         ))  # fmt: skip
     started = time.monotonic()
     results = await asyncio.to_thread(run_solves, solves, c.solve_timeout)
+    work.report["timings"]["solver_process"] = round(time.monotonic() - started, 3)
     return _take_results(work, solves, results, groups, time.monotonic() - started, listen)
 
 
