@@ -56,6 +56,25 @@ asyncio.run(main()); sys.stdout.flush(); os._exit(0)
 """
 
 
+RATTLER_GATEWAY = """
+import asyncio, json, os, sys, tempfile, time
+from rattler import (BuildString, Channel, Gateway, GenericVirtualPackage, PackageName, Version,
+                     solve)
+url, specs = sys.argv[1], sys.argv[2:]
+async def main():
+    t = time.monotonic()
+    vps = [GenericVirtualPackage(PackageName(n), Version(v), BuildString(b)) for n, v, b in
+           (("__unix", "0", "0"), ("__linux", "4.18", "0"), ("__glibc", "2.28", "0"),
+            ("__archspec", "1", "x86_64"))]
+    with tempfile.TemporaryDirectory() as cache:
+        recs = await solve([Channel(url)], specs, gateway=Gateway(cache_dir=cache),
+                           platforms=["linux-64", "noarch"], virtual_packages=vps,
+                           timestamp_policy="allow-missing")
+    print(json.dumps({"records": len(recs), "seconds": round(time.monotonic() - t, 3)}))
+asyncio.run(main()); sys.stdout.flush(); os._exit(0)
+"""
+
+
 def _tree_rss_kib(pid: int) -> int:
     total, todo = 0, [pid]
     while todo:
@@ -184,7 +203,9 @@ def filtered(url: str, big: Path, engines: dict[str, Path], repeats: int) -> dic
 def solve(url: str, root: Path, src: Path, repeats: int) -> dict[str, Any]:
     specs = [s for s in (root / "specs.txt").read_text().splitlines() if s]
     solve_args = [a for spec in specs for a in ("--solve", spec)]
-    ours, theirs = [], []
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    gateway: list[dict[str, Any]] = []
     for i in range(repeats):
         target = WORK / "mirror-solve"
         shutil.rmtree(target, ignore_errors=True)
@@ -211,18 +232,30 @@ def solve(url: str, root: Path, src: Path, repeats: int) -> dict[str, Any]:
         ref = measure([sys.executable, "-c", RATTLER_SOLVE, str(root), *specs], engine_env(src))
         ref.update(json.loads(ref.pop("stdout") or "{}"))
         theirs.append(ref)
+        # py-rattler fetching the same channel from the same server (fresh cache), as a client
+        gw = measure(
+            [sys.executable, "-c", RATTLER_GATEWAY, f"{url}/solvable", *specs], engine_env(src)
+        )
+        gw.update(json.loads(gw.pop("stdout") or "{}"))
+        gateway.append(gw)
         print(
             f"  solve #{i + 1}: condasync {run['wall']} s {run['rss_mib']} MiB"
             f" {run['records']} records (solve {run['solve_seconds']} s, rc {run['rc']});"
             f" py-rattler {ref['wall']} s {ref['rss_mib']} MiB {ref.get('records')} records"
-            f" (solve {ref.get('seconds')} s)",
+            f" (solve {ref.get('seconds')} s); py-rattler via HTTP {gw['wall']} s"
+            f" {gw['rss_mib']} MiB {gw.get('records')} records",
             file=sys.stderr,
         )
     return {
         "specs": len(specs),
         "condasync": ours,
         "py-rattler": theirs,
-        "summary": {"condasync": summary(ours), "py-rattler": summary(theirs)},
+        "py-rattler-http": gateway,
+        "summary": {
+            "condasync": summary(ours),
+            "py-rattler": summary(theirs),
+            "py-rattler-http": summary(gateway),
+        },
     }
 
 
