@@ -117,6 +117,8 @@ def save_closure_state(storage: Storage, result: Any, report: MirrorReport) -> N
     """Save the selection once the run is over. A subdir that was not synced (an upstream
     error, --max-delete) keeps its last selection, and the next run selects again."""
     state: SelectionState = result.state
+    if result.mismatch:  # select again next run: a lock hash mismatch must not turn into a no-op
+        state.inputs = ""
     for sub in report.subdirs:
         if sub.error is not None:
             before = result.previous.subdirs.get(sub.subdir)

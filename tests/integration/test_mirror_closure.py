@@ -292,6 +292,9 @@ def test_hash_mismatch_exits_1_and_leaves_the_file_out(
     assert disk_packages(mirror_dir, "linux-64") == {"app-0.9-h0.conda"}
     assert set(records(mirror_dir, "linux-64")) == {"app-0.9-h0.conda"}
     assert_consistent(mirror_dir)
+    again = mirror(run_cli, up_server.url, mirror_dir, "--lock", lock, "-s", "linux-64")
+    ok(again, 1)  # reported again, never a silent no-op
+    assert len(again.json()["closure"]["lock_mismatch"]) == 1
 
 
 def test_foreign_package_warns_and_does_not_change_the_exit_code(
