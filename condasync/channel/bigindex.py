@@ -181,6 +181,23 @@ class Index:
                     return dict(found)
         return {fn: raw for fn in filenames if (raw := self.raw(fn)) is not None}
 
+    def subset_sections(
+        self, filenames: AbstractSet[str]
+    ) -> dict[str, dict[str, msgspec.Raw]] | None:
+        """Sections holding only `filenames`, in upstream order, cut from the document when
+        each was located already (see records); None otherwise. A selection of a few records
+        then never needs the whole-document raw pass."""
+        known = self.spans
+        out: dict[str, dict[str, msgspec.Raw]] = {key: {} for key in PACKAGE_KEYS}
+        if not filenames:
+            return out
+        if self._sections is not None or not filenames <= known.keys():
+            return None
+        for fn in sorted(filenames, key=lambda name: known[name].value):
+            span = known[fn]
+            out[span.section][fn] = msgspec.Raw(self.body[span.value : span.end])
+        return out
+
     def __contains__(self, filename: object) -> bool:
         return any(filename in records for records in self.sections.values())
 

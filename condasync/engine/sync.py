@@ -20,7 +20,7 @@ import httpx
 import msgspec
 import orjson
 
-from condasync.channel.bigindex import Lite
+from condasync.channel.bigindex import LOCATE_MAX, Lite
 from condasync.channel.repodata import (
     KNOWN_SUBDIRS,
     gc_paused,
@@ -405,6 +405,8 @@ def _plan_changes(
             dropped=dropped,
             on_disk=on_disk,
         )
+        if planned.published is not None and len(planned.published) <= LOCATE_MAX:
+            index.records(planned.published)  # located now: publishing needs no raw pass
         del selected, differ, local
         index.lite, index.order = {}, {}
         gc.freeze()  # later collections during downloads need not walk all that again
