@@ -95,7 +95,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
     """Run cmd; wall seconds, peak tree RSS (MiB), exit code, stdout."""
     subprocess.run(["sync"], check=False)
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # `-m condasync` puts the working directory first on sys.path: run from the engine's tree
+    cwd = env.get("PYTHONPATH") if env else None
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
     peak = 0
     done = threading.Event()
 
