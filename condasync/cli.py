@@ -14,7 +14,7 @@ import typer
 from condasync import __version__
 from condasync.channel.repodata import is_subdir
 from condasync.channel.urls import mask_url
-from condasync.config import filters_from, load_config, metrics_file_of
+from condasync.config import closure_from, filters_from, load_config, metrics_file_of
 from condasync.display import (
     JsonListener,
     PlainListener,
@@ -24,6 +24,7 @@ from condasync.display import (
     print_plain_summary,
     print_summary,
 )
+from condasync.engine.closure_options import closure_options
 from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
 from condasync.engine.shardpub import parse_duration
@@ -200,6 +201,50 @@ def mirror(
             " (an empty or truncated upstream index) [default: 50; 100 allows any shrink].",
         ),
     ] = None,
+    lock: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lock",
+            metavar="FILE",
+            help="Mirror every conda package of this pixi.lock, conda-lock.yml or @EXPLICIT"
+            " file (repeatable).",
+        ),
+    ] = None,
+    solve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--solve", metavar="SPEC", help="Mirror what this environment needs (repeatable)."
+        ),
+    ] = None,
+    platform: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--platform",
+            metavar="P",
+            help="Platform to solve for (repeatable) [default: the mirrored subdirs].",
+        ),
+    ] = None,
+    virtual_package: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--virtual-package",
+            metavar="NAME=VERSION[=BUILD]",
+            help="Override a virtual package the solves assume, e.g. __glibc=2.17 (repeatable).",
+        ),
+    ] = None,
+    with_deps: Annotated[
+        bool,
+        typer.Option("--with-deps", help="Also mirror what the selected packages depend on."),
+    ] = False,
+    keep_unselected: Annotated[
+        str | None,
+        typer.Option(
+            "--keep-unselected",
+            metavar="DURATION",
+            help="Keep packages that dropped out of the selection this long [default: 30d;"
+            " 0 prunes at once].",
+        ),
+    ] = None,
     s3_endpoint: S3Endpoint = None,
     s3_force_path_style: S3PathStyle = False,
     s3_no_lock: Annotated[
@@ -279,6 +324,15 @@ def mirror(
                 s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
                 shards=not no_shards and table.get("shards", True),
                 shard_grace=_grace(shard_grace or table.get("shard_grace", "15m")),
+                closure=closure_options(
+                    closure_from(table),
+                    lock,
+                    solve,
+                    platform,
+                    virtual_package,
+                    with_deps,
+                    keep_unselected,
+                ),
             )
             _check_job(job)
             jobs_list.append(job)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from condasync.engine.filters import Filters
+from condasync.engine.job import Closure
 from condasync.errors import UsageError
 
 if sys.version_info >= (3, 11):
@@ -30,6 +31,15 @@ KEYS: dict[str, type | tuple[type, ...]] = {
     "max_delete": (int, float),
     "shards": bool,
     "shard_grace": str,
+    # issue 14: what environments need (see closure_from)
+    "lock": (str, list),
+    "solve": (str, list),
+    "platforms": (str, list),
+    "platform": (str, list),
+    "virtual_packages": (str, list),
+    "virtual_package": (str, list),
+    "with_deps": bool,
+    "keep_unselected": (str, int),
 }
 
 
@@ -62,6 +72,8 @@ def load_config(path: Path) -> list[dict[str, Any]]:
         table = dict(table)
         for key in ("url", "dir"):
             table[key] = _resolve(path, table[key])
+        if "lock" in table:
+            table["lock"] = [_resolve(path, lock) for lock in _strings(table["lock"])]
         jobs.append(table)
     return jobs
 
@@ -96,3 +108,27 @@ def metrics_file_of(path: Path) -> str | None:
     if not isinstance(value, str) or not value:
         raise UsageError(f"{path}: metrics_file must be a path")
     return _resolve(path, value)
+
+
+def _strings(value: str | list[Any]) -> list[str]:
+    values = [value] if isinstance(value, str) else list(value)
+    if not all(isinstance(v, str) for v in values):
+        raise UsageError(f"expected a string or a list of strings, got {value!r}")
+    return values
+
+
+def closure_from(table: dict[str, Any]) -> Closure:
+    """The issue-14 keys of a [[mirror]] table (`platform`/`platforms` and
+    `virtual_package`/`virtual_packages` are the same key)."""
+
+    def listed(*keys: str) -> tuple[str, ...]:
+        return tuple(v for key in keys if key in table for v in _strings(table[key]))
+
+    return Closure(
+        locks=listed("lock"),
+        solve=listed("solve"),
+        platforms=listed("platforms", "platform"),
+        virtual_packages=listed("virtual_packages", "virtual_package"),
+        with_deps=bool(table.get("with_deps", False)),
+        keep_unselected=str(table.get("keep_unselected", "30d")),
+    )

@@ -45,6 +45,12 @@ class PlainListener:
             )
         elif kind == "failed":
             print(f"error: {where}/{event.name}: {event.message}", file=sys.stderr)
+        elif kind == "closure-warning":  # lockfile and solve problems (issue 14)
+            print(event.message, file=sys.stderr)
+        elif self.quiet:
+            return
+        elif kind == "closure":
+            print(event.message, file=sys.stderr)
         elif self.quiet:
             return
         elif kind == "fetching":
@@ -135,6 +141,8 @@ class RichListener:
             self.progress.console.print(f"{where}: up to date")
         elif kind == "error":
             self._fetched()
+        elif kind in ("closure", "closure-warning"):
+            self.progress.console.print(escape(_safe(event.message)))
 
 
 def subdir_status(report: MirrorReport, s: SubdirReport) -> str:

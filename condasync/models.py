@@ -117,6 +117,7 @@ class MirrorReport:
     error: str | None = None
     exit_code: int = 0
     runs: dict[str, SubdirRun] = field(default_factory=dict)  # the target's record after it
+    closure: dict[str, Any] | None = None  # the selection step's report (lock, solve, ...)
 
     @property
     def unchanged(self) -> bool:
@@ -165,4 +166,5 @@ class MirrorReport:
                 }
                 for s in self.subdirs
             },
+            **({"closure": self.closure} if self.closure is not None else {}),
         }

@@ -16,6 +16,23 @@ INDEX_FILES = ("repodata.json", "repodata.json.zst")
 
 
 @dataclass(frozen=True)
+class Closure:
+    """What environments need (issue 14): lockfiles, specs to solve, dependency closure."""
+
+    locks: tuple[str, ...] = ()  # paths of pixi.lock, conda-lock.yml or @EXPLICIT files
+    solve: tuple[str, ...] = ()  # MatchSpecs that together form one environment
+    platforms: tuple[str, ...] = ()  # to solve for; () means the mirrored subdirs but noarch
+    virtual_packages: tuple[str, ...] = ()  # NAME=VERSION[=BUILD] overriding the defaults
+    with_deps: bool = False
+    keep_unselected: str = "30d"
+    solve_timeout: float = 900.0  # seconds for all solves of one run (one child process)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.locks or self.solve or self.with_deps)
+
+
+@dataclass(frozen=True)
 class MirrorJob:
     """Everything one mirror run needs; built by the CLI from options or a config table."""
 
@@ -37,6 +54,7 @@ class MirrorJob:
     s3: S3Options = field(default_factory=S3Options)
     shards: bool = True  # CEP-16 shards beside repodata.json (--no-shards)
     shard_grace: float = 900.0  # seconds a shard no longer named stays (--shard-grace)
+    closure: Closure = field(default_factory=Closure)
 
 
 Listener = Callable[[Event], None]

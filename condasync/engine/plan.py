@@ -75,14 +75,17 @@ def build_plan(
 
 
 def validate_records(
-    index: Index, local: dict[str, FileState]
+    index: Index, local: dict[str, FileState], candidates: dict[str, Lite] | None = None
 ) -> tuple[dict[str, Lite], dict[str, str], set[str]]:
     """Records safe to mirror, why the others are not, and which differ from our files.
 
-    A record that matches a file we already verified (same name, size and digest) passed these
-    checks on an earlier run; only new and changed records are checked again.
+    Only `candidates` (default: every record) are checked: a filtered run validates what it
+    selected, not 600k records. A record that matches a file we already verified (same name,
+    size and digest) passed these checks on an earlier run; only new and changed records are
+    checked again.
     """
-    differ = changed(index.lite, local)
+    pool = index.lite if candidates is None else candidates
+    differ = changed(pool, local)
     rejected = dict(index.rejected)
     found = index.records(differ)
     for filename in differ:
@@ -90,9 +93,28 @@ def validate_records(
         if reason is not None:
             rejected[filename] = reason
     if len(rejected) == len(index.rejected):
-        return index.lite, rejected, differ
-    valid = {fn: lite for fn, lite in index.lite.items() if fn not in rejected}
-    return valid, rejected, differ
+        return pool, rejected, differ
+    valid = {fn: lite for fn, lite in pool.items() if fn not in rejected}
+    return valid, rejected, {fn for fn in differ if fn not in rejected}
+
+
+def select_and_validate(
+    index: Index,
+    local: dict[str, FileState],
+    filters: Filters,
+    subdir: str,
+    chosen: AbstractSet[str] | None = None,
+) -> tuple[dict[str, Lite], dict[str, str], set[str]]:
+    """Select first (the closure step's `chosen` filenames, else the filters), then validate
+    only the selected records: (selected and valid, rejected, differ)."""
+    if chosen is not None:
+        lite = index.lite
+        candidates = {fn: view for fn in chosen if (view := lite.get(fn)) is not None}
+    elif filters.active:
+        candidates = select_records(index, index.lite, filters, subdir)
+    else:
+        candidates = index.lite
+    return validate_records(index, local, candidates)
 
 
 def _raw(index: Index, filename: str) -> msgspec.Raw:
@@ -120,22 +142,31 @@ def select_records(
     if not filters.active:
         return valid
     names = include_names(filters)  # `--include numpy`: only numpy-* files are candidates
-    candidates = [
-        fn
-        for fn in valid
-        if names is None or ((parts := split_filename(fn)) is not None and parts[0] in names)
-    ]
+    if names is None:
+        candidates = list(valid)
+    else:  # one C-level prefix test per key, then a full split of the few that pass
+        prefixes = tuple(f"{name}-" for name in names)
+        candidates = [
+            fn
+            for fn in valid
+            if fn.startswith(prefixes)
+            and (parts := split_filename(fn)) is not None
+            and parts[0] in names
+        ]
+    # a few records are cut from upstream's bytes; many mean one raw pass over the document
+    found = index.records(set(candidates)) if candidates else {}
     records: dict[str, dict[str, Any]] = {}
     for fn in candidates:
+        raw = found.get(fn) or _raw(index, fn)
         if filters.include or filters.exclude:  # MatchSpecs see whole records
-            records[fn] = msgspec.json.decode(_raw(index, fn))
+            records[fn] = msgspec.json.decode(raw)
         else:
             try:
-                brief = _brief.decode(_raw(index, fn))
+                brief = _brief.decode(raw)
                 records[fn] = {"name": brief.name, "version": brief.version}
                 records[fn]["timestamp"] = brief.timestamp
             except msgspec.ValidationError:
-                records[fn] = msgspec.json.decode(_raw(index, fn))
+                records[fn] = msgspec.json.decode(raw)
     chosen = select(records, filters, subdir, datetime.now(timezone.utc))
     return {fn: lite for fn, lite in valid.items() if fn in chosen}
 

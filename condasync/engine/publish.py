@@ -53,8 +53,11 @@ def encode_published(
 ) -> bytes:
     """The index to publish: `published` records but `skip`, in upstream order, then kept ones."""
     sections: dict[str, dict[str, msgspec.Raw]] = {}
-    for key, records in index.sections.items():
-        if published is not None:
+    subset = index.subset_sections(published - skip) if published is not None else None
+    for key, records in (subset if subset is not None else index.sections).items():
+        if subset is not None:
+            pass  # already exactly the published records
+        elif published is not None:
             records = {fn: r for fn, r in records.items() if fn in published and fn not in skip}
         elif skip:
             records = {fn: r for fn, r in records.items() if fn not in skip}

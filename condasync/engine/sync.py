@@ -20,7 +20,7 @@ import httpx
 import msgspec
 import orjson
 
-from condasync.channel.bigindex import Lite
+from condasync.channel.bigindex import LOCATE_MAX, Lite
 from condasync.channel.repodata import (
     KNOWN_SUBDIRS,
     gc_paused,
@@ -28,13 +28,14 @@ from condasync.channel.repodata import (
 )
 from condasync.channel.urls import join, mask, mask_url, normalize_channel, secrets_of
 from condasync.engine import fetch
+from condasync.engine.closure import ClosureResult, select_for_run
+from condasync.engine.closure_state import inputs_hash, save_closure_state
 from condasync.engine.download import download_all
 from condasync.engine.job import Listener, MirrorJob
 from condasync.engine.plan import (
     build_plan,
     check_max_delete,
-    select_records,
-    validate_records,
+    select_and_validate,
     without_proxied,
 )
 from condasync.engine.publish import (
@@ -120,7 +121,8 @@ def run_mirror(job: MirrorJob, listen: Listener = lambda _e: None) -> MirrorRepo
     if errors and report.exit_code in (0, EXIT_PARTIAL):
         report.exit_code = EXIT_UPSTREAM
         report.error = report.error or mask("; ".join(errors), secrets)
-    if report.exit_code == 0 and any(s.failed for s in report.subdirs):
+    mismatch = bool(report.closure and report.closure.get("lock_mismatch"))
+    if report.exit_code == 0 and (mismatch or any(s.failed for s in report.subdirs)):
         report.exit_code = 1
     for sub in report.subdirs:
         sub.failed = {k: mask(v, secrets) for k, v in sub.failed.items()}
@@ -175,6 +177,8 @@ def options_hash(job: MirrorJob, channel: str) -> str:
     }
     if job.proxied:
         doc["proxied"] = tuple(sorted(job.proxied))
+    if job.closure.active:  # lockfile bytes, specs, platforms...: a change re-selects
+        doc["closure"] = inputs_hash(job)
     return hashlib.sha256(orjson.dumps(doc)).hexdigest()
 
 
@@ -215,6 +219,7 @@ async def _mirror(
             *(fetch_upstream(job, client, base, storage, s, options) for s in subdirs)
         )
         upstreams = resolve_missing(job, storage, list(fetched), base)
+        closure = await _select(job, client, base, storage, locker, upstreams, report, listen)
         changed = any(u.repodata is not None for u in upstreams)
         if changed and channeldata is None:
             channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
@@ -234,9 +239,32 @@ async def _mirror(
                 listen(Event("error", upstream.subdir, message=str(exc)))
             finally:
                 upstream.release()
+        if closure is not None and not job.dry_run:
+            locker.ensure()
+            save_closure_state(storage, closure, report)
         if not job.dry_run and channeldata is not None and is_json_object(channeldata):
             locker.ensure()
             storage.write_if_changed("channeldata.json", channeldata)
+
+
+async def _select(
+    job: MirrorJob,
+    client: httpx.AsyncClient,
+    base: str,
+    storage: Storage,
+    locker: _Locker,
+    upstreams: list[Upstream],
+    report: MirrorReport,
+    listen: Listener,
+) -> ClosureResult | None:
+    """The closure step (engine/closure.py): each subdir's selection, before any write."""
+
+    async def refetch(subdir: str) -> fetch.IndexFetch:
+        return await fetch.fetch_index(client, join(base, subdir), None, job.retries, job.backoff)
+
+    if not job.closure.active:
+        return None
+    return await select_for_run(job, storage, upstreams, refetch, locker.ensure, report, listen)
 
 
 async def _sync_subdir(
@@ -283,6 +311,7 @@ async def _sync_subdir(
     if (
         not job.dry_run
         and not job.filters.active
+        and upstream.selection is None
         and not job.keep_removed
         and upstream.files_state is not None
         and check_max_delete(
@@ -381,8 +410,9 @@ def _plan_changes(
             }
             dropped = set(_copies(state.files.keys() - local.keys()))
             state.files = local
-        valid, rejected, differ = validate_records(index, local)
-        selected = select_records(index, valid, job.filters, subdir)
+        selected, rejected, differ = select_and_validate(
+            index, local, job.filters, subdir, upstream.selection
+        )
         removed_upstream = index.not_listed(local.keys()) if job.keep_removed else set()
         plan = build_plan(
             without_proxied(selected, job.proxied),
@@ -398,7 +428,7 @@ def _plan_changes(
         plan = dataclasses.replace(
             plan, delete=tuple(_copies(plan.delete)), kept_removed=tuple(_copies(plan.kept_removed))
         )
-        report.filtered = len(valid) - len(selected)
+        report.filtered = len(index.lite) - len(selected) - (len(rejected) - len(index.rejected))
         check_max_delete(job.max_delete, subdir, len(plan.delete), len(local))
         planned = _Planned(
             plan=plan,
@@ -411,7 +441,9 @@ def _plan_changes(
             dropped=dropped,
             on_disk=on_disk,
         )
-        del valid, selected, differ, local
+        if planned.published is not None and len(planned.published) <= LOCATE_MAX:
+            index.records(planned.published)  # located now: publishing needs no raw pass
+        del selected, differ, local
         index.lite, index.order = {}, {}
         gc.freeze()  # later collections during downloads need not walk all that again
     for key, reason in rejected.items():

@@ -54,6 +54,7 @@ class Upstream:
     timings: dict[str, float] = field(default_factory=dict)
     files_state: FilesState | None = None  # loaded during the fetch, when there is work
     error: str | None = None  # this subdir is not synced (missing upstream)
+    selection: set[str] | None = None  # what the closure step selected (None: the filters)
 
     def release(self) -> None:
         """Free the index once it is published (before the next subdir's work)."""

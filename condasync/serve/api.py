@@ -18,6 +18,7 @@ from condasync.serve.access import Caller, Required
 from condasync.serve.access import existing as existing_channel
 from condasync.serve.access import readable as readable_channel
 from condasync.serve.catalog import channel_subdirs, read_indexes, read_json
+from condasync.serve.closure_settings import check_settings, closure_settings
 from condasync.serve.db import Channel, ChannelExists
 from condasync.serve.packages import list_packages
 from condasync.serve.quetzapi import add_quetz_routes
@@ -114,8 +115,11 @@ def build_api(server: Server) -> FastAPI:
             body.mirror_channel_url.rstrip("/"),
             body.mirror_mode,
             body.ttl,
-            settings,
+            {**settings, **closure_settings(body)},
         )
+        problem = check_settings(channel.settings)
+        if problem is not None:
+            raise HTTPException(422, problem)
         try:
             server.db.create_channel(channel, owner_key_id=who.key_id)
         except ChannelExists:

@@ -9,15 +9,25 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pydantic
+
 from condasync.engine.filters import compile_spec
 from condasync.serve import quetzdb
 from condasync.serve.catalog import read_indexes
+from condasync.serve.closure_settings import KEYS as CLOSURE_KEYS
+from condasync.serve.closure_settings import (
+    ClosureSettings,
+    check_settings,
+    closure_settings,
+)
 from condasync.serve.db import Channel
 from condasync.serve.server import Server
 
 LISTS = ("includelist", "excludelist", "proxylist")
 # What PATCH /api/channels/{name} may change (quetz: private, size_limit, metadata, ttl).
-PATCHABLE = frozenset({"private", "size_limit", "metadata", "ttl", "description", "max_delete"})
+PATCHABLE = frozenset(
+    {"private", "size_limit", "metadata", "ttl", "description", "max_delete", *CLOSURE_KEYS}
+)
 MAX_TTL = 10 * 365 * 86400
 
 _counts: dict[str, tuple[object, int]] = {}
@@ -101,6 +111,19 @@ def apply_patch(channel: Channel, body: Mapping[str, Any]) -> Channel:
         merged = dict(settings.get("metadata") or {})
         merged.update(check_metadata(body["metadata"]))
         settings["metadata"] = merged
+    closure = {key: body[key] for key in CLOSURE_KEYS if key in body}
+    if closure:  # lock, solve, platforms, with_deps...: null clears one
+        try:
+            given = ClosureSettings.model_validate(closure)
+        except pydantic.ValidationError as exc:
+            raise ValueError(
+                str(exc).splitlines()[0] + ": " + str(exc.errors()[0]["msg"])
+            ) from None
+        settings.update(closure_settings(given, only_set=True))
+        settings = {k: v for k, v in settings.items() if k not in CLOSURE_KEYS or v is not None}
+        problem = check_settings(settings)
+        if problem is not None:
+            raise ValueError(problem)
     return dataclasses.replace(channel, private=private, ttl=ttl, settings=settings)
 
 

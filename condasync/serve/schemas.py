@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from condasync.serve.closure_settings import ClosureSettings
 from condasync.serve.paths import CHANNEL_NAME_RE
 
 
@@ -38,7 +39,7 @@ def check_action(value: str) -> str:
     return value
 
 
-class ChannelIn(BaseModel):
+class ChannelIn(ClosureSettings):  # a mirror channel's lock/solve/platforms/with_deps
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(pattern=CHANNEL_NAME_RE.pattern, examples=["proxy-channel"])
@@ -93,6 +94,13 @@ class ChannelOut(BaseModel):
     members_count: int = 0
     packages_count: int = 0
     metadata: ChannelMetadata = Field(default_factory=ChannelMetadata)
+    # issue 14 closure settings: only mirror channels that set them have them
+    lock: list[str] | None = None
+    solve: list[str] | None = None
+    platforms: list[str] | None = None
+    with_deps: bool | None = None
+    virtual_packages: list[str] | None = None
+    keep_unselected: str | None = None
 
 
 class ActionIn(BaseModel):

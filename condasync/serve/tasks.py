@@ -11,14 +11,17 @@ the tasks of a replica that died.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from condasync.engine.filters import Filters
 from condasync.engine.job import MirrorJob
 from condasync.engine.sync import run_mirror
+from condasync.serve.closure_settings import job_closure
 from condasync.serve.db import STALE_AFTER, Channel, Database, Task, replica_id, utcnow
 from condasync.serve.metrics import METRICS
 from condasync.serve.store import ChannelStore
@@ -131,19 +134,21 @@ class TaskRunner:
             # The settings of now: a PATCH since the task was queued applies to this run.
             channel = self.db.channel(channel.name) or channel
             lists = channel.settings.get("metadata") or {}
-            report = run_mirror(
-                MirrorJob(
-                    url=channel.mirror_channel_url or "",
-                    target=self.store.mirror_target(channel.name),
-                    filters=Filters(
-                        include=tuple(lists.get("includelist") or ()),
-                        exclude=tuple(lists.get("excludelist") or ()),
-                    ),
-                    max_delete=float(channel.settings.get("max_delete", 50)),
-                    proxied=tuple(lists.get("proxylist") or ()),
-                    s3=self.store.s3_options,
+            with tempfile.TemporaryDirectory(prefix="condasync-locks-") as workdir:
+                report = run_mirror(
+                    MirrorJob(
+                        url=channel.mirror_channel_url or "",
+                        target=self.store.mirror_target(channel.name),
+                        filters=Filters(
+                            include=tuple(lists.get("includelist") or ()),
+                            exclude=tuple(lists.get("excludelist") or ()),
+                        ),
+                        max_delete=float(channel.settings.get("max_delete", 50)),
+                        proxied=tuple(lists.get("proxylist") or ()),
+                        s3=self.store.s3_options,
+                        closure=job_closure(channel.settings, Path(workdir)),
+                    )
                 )
-            )
             doc = report.to_dict()
             status = "success" if report.exit_code == 0 else "failed"
             error = report.error

@@ -31,7 +31,8 @@ def command_at(path: tuple[str, ...]) -> Any:
 
 
 def flat(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
+    """Without whitespace: help is wrapped, at hyphens too ("re-" / "fetch")."""
+    return re.sub(r"\s+", "", text)
 
 
 @pytest.mark.parametrize("path", commands(ROOT), ids=" ".join)
@@ -48,7 +49,7 @@ def test_help_keeps_every_option_text(path: tuple[str, ...]) -> None:
 def test_bracketed_texts_survive() -> None:
     shown = flat(CliRunner().invoke(app, ["mirror", "--help"], env={"COLUMNS": "200"}).output)
     for text in ("[default: 16]", "[[mirror]]", "[default: 3]", "[default: 50"):
-        assert text in shown
+        assert flat(text) in shown
 
 
 def test_rich_progress_shows_files_and_bytes_apart() -> None:
