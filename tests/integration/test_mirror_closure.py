@@ -71,6 +71,10 @@ def full_index_copy(mirror_dir: Path, upstream: Path, dst: Path) -> Path:
             data = (upstream / sub.name / "repodata.json").read_bytes()
             (sub / "repodata.json").write_bytes(data)
             (sub / "repodata.json.zst").write_bytes(zstandard.compress(data))
+            # the mirror's shards describe its restricted index: without them a client
+            # reads upstream's whole index, which is the point of this copy
+            (sub / "repodata_shards.msgpack.zst").unlink(missing_ok=True)
+            shutil.rmtree(sub / "shards", ignore_errors=True)
     return dst
 
 
