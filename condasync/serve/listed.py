@@ -4,7 +4,6 @@ index lists (a stray, a file a run is about to delete) is never cached as immuta
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Callable
@@ -58,14 +57,3 @@ class ListedNames:
     def _load(self, channel: str, subdir: str) -> frozenset[bytes]:
         data = self._read(channel, f"{subdir}/repodata.json")
         return listed_names(data) if data else frozenset()
-
-
-def local_stat(root: str) -> Callable[[str, str], tuple[int, int] | None]:
-    def stat(channel: str, relpath: str) -> tuple[int, int] | None:
-        try:
-            st = os.stat(os.path.join(root, channel, relpath))
-        except OSError:
-            return None
-        return st.st_size, st.st_mtime_ns
-
-    return stat
