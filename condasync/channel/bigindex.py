@@ -72,8 +72,13 @@ class _RawDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     repodata_version: msgspec.Raw = _NULL
 
 
-class _LiteDoc(msgspec.Struct, gc=False):
-    """A whole index in one pass into the typed views (other top-level keys are skipped)."""
+class _Key(msgspec.Struct, gc=False):
+    """A record not read (see `parse_index`'s `names`); it must be an object."""
+
+
+class _LiteDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A whole index in one pass into the typed views. An unknown top-level key fails it (so
+    a pass that succeeds also tells that `extra` is empty); `_LiteDocAny` then skips them."""
 
     info: msgspec.Raw = _NULL
     packages: dict[str, Lite] | None = None
@@ -82,17 +87,36 @@ class _LiteDoc(msgspec.Struct, gc=False):
     repodata_version: msgspec.Raw = _NULL
 
 
+class _LiteDocAny(_LiteDoc, forbid_unknown_fields=False, gc=False):
+    """`_LiteDoc` for a document with other top-level keys (found later, by `Index.extra`)."""
+
+
+class _KeysDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A whole index in one pass into its filenames alone (`_LiteDoc` without the views)."""
+
+    info: msgspec.Raw = _NULL
+    packages: dict[str, _Key] | None = None
+    conda: dict[str, _Key] | None = msgspec.field(default=None, name="packages.conda")
+    removed: msgspec.Raw = _NULL
+    repodata_version: msgspec.Raw = _NULL
+
+
+class _KeysDocAny(_KeysDoc, forbid_unknown_fields=False, gc=False):
+    """`_KeysDoc` for a document with other top-level keys."""
+
+
 _raw_doc = msgspec.json.Decoder(_RawDoc)
-_lite_doc = msgspec.json.Decoder(_LiteDoc)
+_LITE = (msgspec.json.Decoder(_LiteDoc), msgspec.json.Decoder(_LiteDocAny))
+_KEYS = (msgspec.json.Decoder(_KeysDoc), msgspec.json.Decoder(_KeysDocAny))
 
 
 class Index:
     """An upstream index as the engine holds it.
 
-    `lite` has the typed view of each structurally sound record, and `rejected` says why the
-    others were dropped; `order` lists each section's filenames ("packages",
-    "packages.conda") in upstream order. Filenames are not validated here: callers check the
-    ones they use.
+    `lite` has the typed view of each structurally sound record (with `partial`, only of the
+    records of the names asked for), and `rejected` says why the others were dropped; `order`
+    lists each section's filenames ("packages", "packages.conda") in upstream order.
+    Filenames are not validated here: callers check the ones they use.
     """
 
     def __init__(
@@ -113,6 +137,7 @@ class Index:
         self.version: int | None = None
         self.spans: dict[str, Span] = {}  # entries located in `body` (see records)
         self.unique = False  # every package key is listed once (known after the fast parse)
+        self.partial = False  # `lite` has only some records' views (see parse_index)
         self._objects: int | None = None  # the "{" a plain document has (see plain)
         self._sections = sections
         self._extra = extra
@@ -278,14 +303,39 @@ def _part(top: Mapping[str, msgspec.Raw], key: str, kind: type[Any], where: str)
         raise ValueError(f"{where} has a malformed {key!r}") from None
 
 
+def _decode_doc(
+    data: bytes, decoders: tuple[msgspec.json.Decoder[Any], msgspec.json.Decoder[Any]]
+) -> tuple[Any, dict[str, msgspec.Raw] | None] | None:
+    """(document, extra) in one pass: extra is {} when the document has no other top-level
+    keys, None when it has (`Index.extra` finds them if asked). None when a record does not
+    decode (the general path then finds which)."""
+    strict, lenient = decoders
+    try:
+        _decoded.count = 0
+        return strict.decode(data), {}
+    except msgspec.ValidationError as exc:
+        if "unknown field" not in str(exc):
+            return None
+    try:
+        _decoded.count = 0
+        return lenient.decode(data), None
+    except msgspec.ValidationError:
+        return None
+
+
+def _shape(doc: Any, listed: int) -> int:
+    """The "{" a plain document with this top level and `listed` records has (Index.plain)."""
+    info_object = bytes(memoryview(doc.info)[:1]) == b"{"
+    return 1 + info_object + (doc.packages is not None) + (doc.conda is not None) + listed
+
+
 def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
     """One pass into the typed views; None unless every record has one (the general path
     then finds which do not)."""
-    try:
-        _decoded.count = 0
-        doc = _lite_doc.decode(data)
-    except msgspec.ValidationError:
+    decoded = _decode_doc(data, _LITE)
+    if decoded is None:
         return None
+    doc, extra = decoded
     top = {"info": doc.info, "removed": doc.removed, "repodata_version": doc.repodata_version}
     order = {"packages": list(doc.packages or ()), "packages.conda": list(doc.conda or ())}
     listed = sum(len(names) for names in order.values())
@@ -293,21 +343,64 @@ def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
     # index) keeps its "packages" view, the record `Index.raw` returns for it
     views = doc.conda or {}
     views.update(doc.packages or {})
-    index = Index(data, views, order)
+    index = Index(data, views, order, extra=extra)
     # a key written twice in a section, or a section written twice, decodes more records
     # than the dicts keep
     index.unique = _decoded.count == listed and len(views) == listed
-    info_object = bytes(memoryview(doc.info)[:1]) == b"{"
-    index._objects = 1 + info_object + (doc.packages is not None) + (doc.conda is not None) + listed
+    index._objects = _shape(doc, listed)
     return top, index
 
 
-def parse_index(data: bytes, subdir: str) -> Index:
-    """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document."""
+def _parse_named(
+    data: bytes, names: AbstractSet[str]
+) -> tuple[dict[str, msgspec.Raw], Index] | None:
+    """For a run that selects by package name: every filename, but the typed view of only
+    the records of `names`, cut from the document (about half the time and a fifth of the
+    memory of `_parse_fast` on 600k records). None when the document is not plain and unique
+    or a record of those names does not line up (the caller then parses it all)."""
+    decoded = _decode_doc(data, _KEYS)
+    if decoded is None:
+        return None
+    doc, extra = decoded
+    top = {"info": doc.info, "removed": doc.removed, "repodata_version": doc.repodata_version}
+    packages, conda = doc.packages or {}, doc.conda or {}
+    order = {"packages": list(packages), "packages.conda": list(conda)}
+    listed = len(packages) + len(conda)
+    index = Index(data, {}, order, extra=extra)
+    index._objects = _shape(doc, listed)
+    # Every record is an object, so a key or section written twice adds a "{" the dicts do
+    # not count: a plain document has each key once in its section (`locate` gives up on a
+    # wanted name listed in both sections).
+    index.unique = index.plain
+    del decoded, doc, packages, conda
+    prefixes = tuple(f"{name}-" for name in names)
+    wanted = {fn for section in order.values() for fn in section if fn.startswith(prefixes)}
+    if not index.unique or wanted & _TOP_KEYS:
+        return None
+    spans = locate(data, order, wanted) if wanted else {}
+    if spans is None or spans.keys() != wanted:
+        return None
+    try:  # every record is an object, and no record nests one: a span is a whole record
+        index.lite = {fn: _lite_record.decode(data[s.value : s.end]) for fn, s in spans.items()}
+    except msgspec.ValidationError:
+        return None  # malformed: the whole parse says why
+    index.spans = spans
+    index.partial = True
+    return top, index
+
+
+def parse_index(data: bytes, subdir: str, names: AbstractSet[str] | None = None) -> Index:
+    """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document.
+
+    With `names`, the typed views may be only those of the records whose filename starts
+    with `<name>-` (`Index.partial`): a run selecting by name needs no more.
+    """
     where = f"{subdir}/repodata.json"
     try:
         with gc_paused():
-            fast = _parse_fast(data)
+            fast = _parse_named(data, names) if names is not None else None
+            if fast is None:
+                fast = _parse_fast(data)
             if fast is not None:
                 top, index = fast
             else:
@@ -331,6 +424,35 @@ def parse_index(data: bytes, subdir: str) -> Index:
     index.removed = _part(top, "removed", list[Any], where) or []
     index.version = _part(top, "repodata_version", int, where)
     return index
+
+
+def published_sections(
+    index: Index,
+    published: AbstractSet[str] | None,
+    skip: AbstractSet[str],
+    kept_removed: Mapping[str, msgspec.Raw],
+) -> dict[str, dict[str, msgspec.Raw]]:
+    """The records a mirror publishes, per section: `published` (None: every record) but
+    `skip`, in upstream order, then `kept_removed`. A selection located in the document is cut
+    from it; upstream's own section dicts may be returned, and are never changed."""
+    subset = index.subset_sections(published - skip) if published is not None else None
+    if subset is not None:
+        sections = subset
+    else:
+        sections = {}
+        for key, records in index.sections.items():
+            if published is not None:
+                records = {fn: r for fn, r in records.items() if fn in published and fn not in skip}
+            elif skip:
+                records = {fn: r for fn, r in records.items() if fn not in skip}
+            sections[key] = records
+    by_section: dict[str, dict[str, msgspec.Raw]] = {}
+    for filename, raw in kept_removed.items():
+        key = "packages.conda" if filename.endswith(".conda") else "packages"
+        by_section.setdefault(key, {})[filename] = raw
+    for key, kept in by_section.items():  # one copy per section (never the upstream's dict)
+        sections[key] = {**sections.get(key, {}), **kept}
+    return sections
 
 
 def encode_index(

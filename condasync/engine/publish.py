@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
-from condasync.channel.bigindex import Index, encode_index, parse_index
+from condasync.channel.bigindex import Index, encode_index, parse_index, published_sections
 from condasync.channel.cut import cut
 from condasync.channel.repodata import compress_zst, zst_stored
 from condasync.channel.shards import SHARD_INDEX
@@ -52,23 +52,7 @@ def encode_published(
     kept_removed: dict[str, msgspec.Raw],
 ) -> bytes:
     """The index to publish: `published` records but `skip`, in upstream order, then kept ones."""
-    sections: dict[str, dict[str, msgspec.Raw]] = {}
-    subset = index.subset_sections(published - skip) if published is not None else None
-    for key, records in (subset if subset is not None else index.sections).items():
-        if subset is not None:
-            pass  # already exactly the published records
-        elif published is not None:
-            records = {fn: r for fn, r in records.items() if fn in published and fn not in skip}
-        elif skip:
-            records = {fn: r for fn, r in records.items() if fn not in skip}
-        sections[key] = records
-    by_section: dict[str, dict[str, msgspec.Raw]] = {}
-    for filename, raw in kept_removed.items():
-        key = "packages.conda" if filename.endswith(".conda") else "packages"
-        by_section.setdefault(key, {})[filename] = raw
-    for key, kept in by_section.items():  # one copy per section (never the upstream's dict)
-        sections[key] = {**sections[key], **kept}
-    return encode_index(index, subdir, sections)
+    return encode_index(index, subdir, published_sections(index, published, skip, kept_removed))
 
 
 def kept_removed_records(

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from condasync.channel.bigindex import Index
+from condasync.channel.bigindex import Index, published_sections
 from condasync.channel.shards import (
     SHARDS_DIR,
     NameRecords,
@@ -33,28 +33,6 @@ from condasync.models import Record
 from condasync.storage import Storage
 
 DEFAULT_GRACE = 15 * 60.0
-
-
-def published_sections(
-    index: Index,
-    published: set[str] | None,
-    skip: set[str],
-    kept_removed: dict[str, msgspec.Raw],
-) -> dict[str, dict[str, msgspec.Raw]]:
-    """The records repodata.json gets (see publish.encode_published), per section."""
-    sections: dict[str, dict[str, msgspec.Raw]] = {}
-    for key, records in index.sections.items():
-        if published is not None:
-            records = {fn: r for fn, r in records.items() if fn in published and fn not in skip}
-        elif skip:
-            records = {fn: r for fn, r in records.items() if fn not in skip}
-        sections[key] = records
-    for filename, raw in kept_removed.items():
-        key = "packages.conda" if filename.endswith(".conda") else "packages"
-        if sections.get(key) is index.sections.get(key):
-            sections[key] = dict(sections[key])
-        sections.setdefault(key, {})[filename] = raw
-    return sections
 
 
 class SubdirShards:

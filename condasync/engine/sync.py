@@ -428,7 +428,7 @@ def _plan_changes(
         plan = dataclasses.replace(
             plan, delete=tuple(_copies(plan.delete)), kept_removed=tuple(_copies(plan.kept_removed))
         )
-        report.filtered = len(index.lite) - len(selected) - (len(rejected) - len(index.rejected))
+        report.filtered = index.count() - len(selected) - len(rejected)
         check_max_delete(job.max_delete, subdir, len(plan.delete), len(local))
         planned = _Planned(
             plan=plan,

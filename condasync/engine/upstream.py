@@ -23,6 +23,7 @@ from condasync.channel.repodata import (
 )
 from condasync.channel.urls import join, mask_url
 from condasync.engine import fetch
+from condasync.engine.filters import include_names
 from condasync.engine.job import INDEX_FILES, MirrorJob
 from condasync.engine.publish import (
     published_intact,
@@ -187,7 +188,8 @@ async def fetch_upstream(
         return Upstream(subdir, meta, fetched, None, body_sha256, timings=timings)
     started = time.monotonic()
     try:
-        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir)
+        names = None if job.closure.active else include_names(job.filters)
+        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir, names)
     except ValueError as exc:
         raise UpstreamError(f"invalid upstream repodata: {exc}") from None
     # the records are views into the decompressed body: keeping it (to publish as is) is free

@@ -382,3 +382,62 @@ def test_random_hostile_documents_are_read_as_a_json_parser_reads_them() -> None
             as_is += 1
             assert b"base_url" not in data, seed
     assert located > 100 and as_is > 100  # both paths were taken, not only the fallback
+
+
+def _lite_truth(record: object) -> tuple[object, object, object]:
+    assert isinstance(record, dict)
+    return (record.get("size"), record.get("sha256"), record.get("md5"))
+
+
+def test_a_parse_by_name_types_only_those_names_and_agrees_with_the_whole_parse() -> None:
+    """`parse_index(..., names)`, as a filtered run parses: the typed views of exactly the
+    records of those names, each the one a JSON parser reads; a document it cannot trust
+    (not plain, a key twice, a record that nests an object) is parsed whole instead."""
+    partial = whole = 0
+    for seed in range(3000):
+        rng = random.Random(seed)
+        data = _fuzz_document(rng).encode()
+        truth = json.loads(data)
+        names = set(rng.sample(["p0", "p1", "p2", "p3", "packages.conda"], rng.randint(1, 3)))
+        try:
+            index = parse_index(data, "noarch", names)
+        except ValueError:
+            continue
+        sections = {k: truth.get(k) or {} for k in ("packages", "packages.conda")}
+        listed = {**sections["packages.conda"], **sections["packages"]}
+        assert index.count() == sum(len(s) for s in sections.values()), seed
+        if not index.partial:
+            whole += 1
+            assert index.lite.keys() | index.rejected.keys() == listed.keys(), seed
+            continue
+        partial += 1
+        wanted = {fn for fn in listed if fn.startswith(tuple(f"{n}-" for n in names))}
+        assert index.lite.keys() == wanted, seed
+        for fn, view in index.lite.items():
+            assert (view.size, view.sha256, view.md5) == _lite_truth(listed[fn]), seed
+        found = index.records(wanted)
+        assert {fn: json.loads(bytes(b)) for fn, b in found.items()} == {
+            fn: listed[fn] for fn in wanted
+        }, seed
+    assert partial > 100 and whole > 100
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_document_is_not_parsed_by_name(case: str) -> None:
+    text, name = HOSTILE[case]
+    data = text.encode()
+    truth = json.loads(data)["packages.conda"]
+    package = name.split("-")[0]
+    index = parse_index(data, "noarch", {package})
+    assert not index.partial or not any(fn.startswith(f"{package}-") for fn in truth)
+    found = index.records({name})
+    assert json.loads(bytes(found[name])) == truth[name]
+
+
+def test_a_parse_by_name_keeps_other_top_level_keys_for_publishing() -> None:
+    doc = {**_doc(2, 3), "zz_extra": ["kept", 1]}
+    data = FORMATS["compact"](doc)
+    index = parse_index(data, "noarch", {"p1"})
+    assert index.partial and index.lite.keys() == {"p1-1.0-0.tar.bz2", "p1-1.0-0.conda"}
+    assert json.loads(bytes(index.extra["zz_extra"])) == ["kept", 1]
+    assert parse_index(FORMATS["compact"](_doc(2, 3)), "noarch", {"p1"})._extra == {}
