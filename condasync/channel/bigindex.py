@@ -10,7 +10,7 @@ publishes upstream's document as it is, parses 600k records once, into the typed
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from functools import cached_property
 from typing import Any
@@ -113,10 +113,13 @@ _KEYS = (msgspec.json.Decoder(_KeysDoc), msgspec.json.Decoder(_KeysDocAny))
 class Index:
     """An upstream index as the engine holds it.
 
-    `lite` has the typed view of each structurally sound record (with `partial`, only of the
-    records of the names asked for), and `rejected` says why the others were dropped; `order`
-    lists each section's filenames ("packages", "packages.conda") in upstream order.
-    Filenames are not validated here: callers check the ones they use.
+    `lite` has the typed view of each structurally sound record, and `rejected` says why the
+    others were dropped; `order` lists each section's filenames ("packages",
+    "packages.conda") in upstream order. Filenames are not validated here: callers check the
+    ones they use.
+
+    A `partial` index (see parse_index) has typed only some records: `views` and `named`
+    locate and type the others on demand, and `lite` parses the whole document first.
     """
 
     def __init__(
@@ -129,7 +132,9 @@ class Index:
         extra: dict[str, msgspec.Raw] | None = None,
     ) -> None:
         self.body = body
-        self.lite = lite
+        self._views = lite
+        self._absent: set[str] = set()  # asked of a partial index, and not listed
+        self._packed: dict[str, tuple[str, int]] = {}  # order, while detached
         self.order = order
         self.rejected = rejected or {}
         self.info: dict[str, Any] = {}
@@ -137,10 +142,89 @@ class Index:
         self.version: int | None = None
         self.spans: dict[str, Span] = {}  # entries located in `body` (see records)
         self.unique = False  # every package key is listed once (known after the fast parse)
-        self.partial = False  # `lite` has only some records' views (see parse_index)
+        self.partial = False  # only some records are typed yet (see views)
         self._objects: int | None = None  # the "{" a plain document has (see plain)
         self._sections = sections
         self._extra = extra
+
+    @property
+    def lite(self) -> dict[str, Lite]:
+        """Every sound record's typed view (a partial index is parsed whole first)."""
+        if self.partial:
+            self._whole()
+        return self._views
+
+    def views(self, filenames: Iterable[str]) -> dict[str, Lite]:
+        """The typed views of those of `filenames` that are listed and sound. A partial index
+        locates and types the ones it has not yet, or, when they are many or on any doubt
+        about the bytes, parses the whole document."""
+        names = list(filenames)
+        if self.partial:
+            known, absent = self._views, self._absent
+            missing = {fn for fn in names if fn not in known and fn not in absent}
+            if missing and not self._locate_views(missing):
+                self._whole()
+        views = self._views
+        return {fn: view for fn in names if (view := views.get(fn)) is not None}
+
+    def named(self, names: AbstractSet[str]) -> dict[str, Lite]:
+        """The typed views of the records whose filename starts with `<name>-`."""
+        prefixes = tuple(f"{name}-" for name in names)
+        if not self.partial:
+            return {fn: view for fn, view in self._views.items() if fn.startswith(prefixes)}
+        return self.views(
+            fn for part in self.order.values() for fn in part if fn.startswith(prefixes)
+        )
+
+    def forget_views(self) -> None:
+        """Free the typed views and the filename lists (a plan holds what it needs)."""
+        self._views, self.order, self._absent = {}, {}, set()
+        self.partial = False
+
+    def detach_body(self) -> int:
+        """Let the document's memory go (while a solver child reads it from a file), and
+        keep the filename lists as one string each (half their memory); returns the
+        document's size, to check the bytes given back to `attach_body`."""
+        size = len(self.body)
+        self.body = b""
+        for key, names in self.order.items():
+            packed = "\0".join(names)
+            if packed.count("\0") == max(len(names) - 1, 0):  # no name holds a NUL
+                self._packed[key] = (packed, len(names))
+                self.order[key] = []
+        return size
+
+    def attach_body(self, body: bytes, size: int) -> None:
+        if len(body) != size:
+            raise ValueError("the index file changed while it was being solved against")
+        self.body = body
+        for key, (packed, count) in self._packed.items():
+            self.order[key] = packed.split("\0") if count else []
+        self._packed = {}
+
+    def _locate_views(self, missing: set[str]) -> bool:
+        if len(missing) > LOCATE_MAX or missing & _TOP_KEYS:
+            return False
+        spans = locate(self.body, self.order, missing)
+        if spans is None:
+            return False
+        try:  # every record is an object and none nests one: a span is a whole record
+            views = {fn: _lite_record.decode(self.body[s.value : s.end]) for fn, s in spans.items()}
+        except msgspec.DecodeError:
+            return False  # malformed, or not what it seemed: the whole parse says which
+        self._views.update(views)
+        self.spans.update(spans)
+        self._absent.update(missing - spans.keys())
+        return True
+
+    def _whole(self) -> None:
+        """Type every record (a partial index whose bytes were in doubt, or asked for all)."""
+        whole = _parse_whole(self.body, "repodata.json")[1]
+        self._views, self.rejected, self.order = whole._views, whole.rejected, whole.order
+        self.unique, self._objects, self._absent = whole.unique, whole._objects, set()
+        self._sections = whole._sections
+        self._extra = self._extra if self._extra is not None else whole._extra
+        self.partial = False
 
     @property
     def sections(self) -> dict[str, dict[str, msgspec.Raw]]:
@@ -192,7 +276,13 @@ class Index:
         """The JSON of these listed, typed records: cut from the document when there are not
         too many and every one of them lines up there with its typed view (`spans` then says
         where), else from the parsed sections."""
+        if self.partial:
+            self.views(filenames)  # located with their views (or the index is now whole)
         known = self.spans
+        if self.partial:
+            return {
+                fn: self.body[known[fn].value : known[fn].end] for fn in filenames if fn in known
+            }
         if known and filenames and filenames <= known.keys():  # located (and checked) already
             return {fn: self.body[known[fn].value : known[fn].end] for fn in filenames}
         if (
@@ -207,7 +297,7 @@ class Index:
             spans = locate(self.body, self.order, filenames)
             if spans is not None and spans.keys() == filenames:
                 found = {fn: self.body[s.value : s.end] for fn, s in spans.items()}
-                if all(_same_view(data, self.lite.get(fn)) for fn, data in found.items()):
+                if all(_same_view(data, self._views.get(fn)) for fn, data in found.items()):
                     self.spans = spans
                     return dict(found)
         return {fn: raw for fn in filenames if (raw := self.raw(fn)) is not None}
@@ -351,13 +441,10 @@ def _parse_fast(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
     return top, index
 
 
-def _parse_named(
-    data: bytes, names: AbstractSet[str]
-) -> tuple[dict[str, msgspec.Raw], Index] | None:
-    """For a run that selects by package name: every filename, but the typed view of only
-    the records of `names`, cut from the document (about half the time and a fifth of the
-    memory of `_parse_fast` on 600k records). None when the document is not plain and unique
-    or a record of those names does not line up (the caller then parses it all)."""
+def _parse_keys(data: bytes) -> tuple[dict[str, msgspec.Raw], Index] | None:
+    """Every filename, no typed view yet: a partial index (about half the time of
+    `_parse_fast` on 600k records, and a fifth of its memory). None unless the document is
+    plain, so that its records can be located in the bytes (see Index.views)."""
     decoded = _decode_doc(data, _KEYS)
     if decoded is None:
         return None
@@ -365,57 +452,53 @@ def _parse_named(
     top = {"info": doc.info, "removed": doc.removed, "repodata_version": doc.repodata_version}
     packages, conda = doc.packages or {}, doc.conda or {}
     order = {"packages": list(packages), "packages.conda": list(conda)}
-    listed = len(packages) + len(conda)
     index = Index(data, {}, order, extra=extra)
-    index._objects = _shape(doc, listed)
+    index._objects = _shape(doc, len(packages) + len(conda))
+    del decoded, doc, packages, conda
     # Every record is an object, so a key or section written twice adds a "{" the dicts do
     # not count: a plain document has each key once in its section (`locate` gives up on a
-    # wanted name listed in both sections).
-    index.unique = index.plain
-    del decoded, doc, packages, conda
-    prefixes = tuple(f"{name}-" for name in names)
-    wanted = {fn for section in order.values() for fn in section if fn.startswith(prefixes)}
-    if not index.unique or wanted & _TOP_KEYS:
+    # name listed in both sections).
+    if not index.plain:
         return None
-    spans = locate(data, order, wanted) if wanted else {}
-    if spans is None or spans.keys() != wanted:
-        return None
-    try:  # every record is an object, and no record nests one: a span is a whole record
-        index.lite = {fn: _lite_record.decode(data[s.value : s.end]) for fn, s in spans.items()}
-    except msgspec.ValidationError:
-        return None  # malformed: the whole parse says why
-    index.spans = spans
-    index.partial = True
+    index.unique = index.partial = True
     return top, index
 
 
-def parse_index(data: bytes, subdir: str, names: AbstractSet[str] | None = None) -> Index:
+def _parse_whole(data: bytes, where: str) -> tuple[dict[str, msgspec.Raw], Index]:
+    """Every record typed: in one pass when all are sound, else section by section."""
+    fast = _parse_fast(data)
+    if fast is not None:
+        return fast
+    top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
+    sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
+    # The typed views last, so the memory they take is freed in one piece later.
+    lite: dict[str, Lite] = {}
+    rejected: dict[str, str] = {}
+    for key in reversed(PACKAGE_KEYS):  # as the one-pass parse: "packages" wins
+        part_lite, part_rejected = _lite_of(top.get(key), sections[key])
+        lite.update(part_lite)
+        rejected.update(part_rejected)
+    order = {key: list(records) for key, records in sections.items()}
+    extra = {k: v for k, v in top.items() if k not in _TOP_KEYS}
+    return top, Index(data, lite, order, rejected, sections, extra)
+
+
+def parse_index(
+    data: bytes, subdir: str, names: AbstractSet[str] | None = None, lazy: bool = False
+) -> Index:
     """Parse repodata.json bytes for the engine. Raises ValueError on a malformed document.
 
-    With `names`, the typed views may be only those of the records whose filename starts
-    with `<name>-` (`Index.partial`): a run selecting by name needs no more.
+    `lazy` types no record yet (`Index.partial`; see Index.views), and `names` only the
+    records whose filename starts with `<name>-`: a run that selects by name, or a solve,
+    needs no more. A document whose records cannot be located in its bytes is typed whole.
     """
     where = f"{subdir}/repodata.json"
     try:
         with gc_paused():
-            fast = _parse_named(data, names) if names is not None else None
-            if fast is None:
-                fast = _parse_fast(data)
-            if fast is not None:
-                top, index = fast
-            else:
-                top = msgspec.json.decode(data, type=dict[str, msgspec.Raw])
-                sections = {key: _raw_of(top.get(key), where) for key in PACKAGE_KEYS}
-                # The typed views last, so the memory they take is freed in one piece later.
-                lite: dict[str, Lite] = {}
-                rejected: dict[str, str] = {}
-                for key in reversed(PACKAGE_KEYS):  # as the one-pass parse: "packages" wins
-                    part_lite, part_rejected = _lite_of(top.get(key), sections[key])
-                    lite.update(part_lite)
-                    rejected.update(part_rejected)
-                order = {key: list(records) for key, records in sections.items()}
-                extra = {k: v for k, v in top.items() if k not in _TOP_KEYS}
-                index = Index(data, lite, order, rejected, sections, extra)
+            keyed = _parse_keys(data) if lazy or names is not None else None
+            top, index = keyed if keyed is not None else _parse_whole(data, where)
+            if names:
+                index.named(names)
     except msgspec.DecodeError as exc:
         if isinstance(exc, msgspec.ValidationError):
             raise ValueError(f"{where} is not a JSON object") from None

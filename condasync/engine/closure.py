@@ -5,6 +5,7 @@ of what the filters select, plus what --keep-unselected keeps. Returns filenames
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import tempfile
 import time
@@ -32,7 +33,13 @@ from condasync.engine.filters import Filters, parse_cutoff, select
 from condasync.engine.job import Listener, MirrorJob
 from condasync.engine.lockfiles import read_lock
 from condasync.engine.plan import select_records
-from condasync.engine.solver import SelectionError, Solve, run_solves, virtual_packages
+from condasync.engine.solver import (
+    SelectionError,
+    Solve,
+    SolverProcess,
+    run_solves,
+    virtual_packages,
+)
 from condasync.engine.upstream import Upstream
 from condasync.errors import UpstreamError, UsageError
 from condasync.models import Event, MirrorReport
@@ -62,6 +69,51 @@ class _Files:
 
     tmp: Path
     staged: dict[str, Path]
+
+
+@dataclass
+class _Held:
+    """This run's upstream documents (600k records: 355 MB each). The parent lets them go
+    while the solver child maps the same bytes from their files, so the two never hold
+    them at once, and reads them back afterwards."""
+
+    bodies: dict[str, bytes]
+    new_bodies: dict[str, bytes]  # fetched this run: to keep for the next run's solves
+    upstreams: dict[str, Upstream]
+    away: dict[str, tuple[str, tuple[int, int, int], bool]] = field(default_factory=dict)
+
+    def release(self, indexes: dict[str, Index], paths: dict[str, str]) -> None:
+        """Let go of the documents whose solver file holds exactly their bytes."""
+        for subdir, path in paths.items():
+            st = os.stat(path)
+            if st.st_size != len(self.bodies[subdir]):
+                continue
+            upstream = self.upstreams[subdir]
+            fetched = upstream.fetched.body is not None
+            self.away[subdir] = (path, (st.st_ino, st.st_size, st.st_mtime_ns), fetched)
+            indexes[subdir].detach_body()
+            self.bodies[subdir] = b""
+            if subdir in self.new_bodies:
+                self.new_bodies[subdir] = b""
+            upstream.fetched.body = None
+        gc.collect()  # what the fetch and the parse left in cycles goes before the child peaks
+
+    def restore(self, indexes: dict[str, Index]) -> None:
+        """Read the documents back from their files, which must be as the solver read them."""
+        for subdir, (path, seen, fetched) in self.away.items():
+            body = Path(path).read_bytes()
+            st = os.stat(path)
+            if (st.st_ino, st.st_size, st.st_mtime_ns) != seen or len(body) != seen[1]:
+                raise SelectionError(
+                    f"{subdir}: the index file {path} changed during the solve; nothing was written"
+                )
+            indexes[subdir].attach_body(body, seen[1])
+            self.bodies[subdir] = body
+            if subdir in self.new_bodies:
+                self.new_bodies[subdir] = body
+            if fetched:
+                self.upstreams[subdir].fetched.body = body
+        self.away.clear()
 
 
 @dataclass
@@ -103,21 +155,20 @@ async def select_closure(
         _say(listen, "closure: upstream and inputs unchanged, nothing to solve")
         return None
     clock = time.monotonic()
+    held = _Held({}, {}, {u.subdir: u for u in ok})
     indexes: dict[str, Index] = {}
-    bodies: dict[str, bytes] = {}
-    new_bodies: dict[str, bytes] = {}
     for u in ok:
         u.fetched.zst = None  # a selection is never published as upstream's own .zst
         if u.repodata is not None and u.fetched.body is not None:
-            indexes[u.subdir], bodies[u.subdir] = u.repodata, u.fetched.body
-            new_bodies[u.subdir] = u.fetched.body
+            indexes[u.subdir], held.bodies[u.subdir] = u.repodata, u.fetched.body
+            held.new_bodies[u.subdir] = u.fetched.body
             continue
         body = await asyncio.to_thread(load_index, storage, u.subdir)
         if body is None:  # not kept (a run before --lock/--solve): fetch it once
             body = await refetch(u)
-            new_bodies[u.subdir] = body
-        bodies[u.subdir] = body
-        indexes[u.subdir] = await asyncio.to_thread(parse_index, body, u.subdir)
+            held.new_bodies[u.subdir] = body
+        held.bodies[u.subdir] = body
+        indexes[u.subdir] = await asyncio.to_thread(parse_index, body, u.subdir, None, True)
     work = _Work(indexes, report=_empty_report())
     work.report["timings"]["indexes"] = round(time.monotonic() - clock, 3)
     mismatch = _apply_locks(job, work, listen, now)
@@ -126,14 +177,16 @@ async def select_closure(
     try:
         with tempfile.TemporaryDirectory(prefix="condasync-solve-") as tmp:
             files = _Files(Path(tmp), staged)
-            solved = await _solve_all(job, storage, work, bodies, new_bodies, prev, files, listen)
+            solved = await _solve_all(job, storage, work, held, prev, files, listen)
     except BaseException:
         for path in staged.values():
             path.unlink(missing_ok=True)  # an unsolvable --solve writes nothing
         raise
     state = _keep_and_count(job, work, prev, now, inputs, solved, listen)
     selection = {subdir: set(work.reasons.get(subdir, {})) for subdir in indexes}
-    result = ClosureResult(selection, work.report, state, new_bodies, mismatch, bodies, prev)
+    result = ClosureResult(
+        selection, work.report, state, held.new_bodies, mismatch, held.bodies, prev
+    )
     result.staged = staged
     return result
 
@@ -160,9 +213,12 @@ def _apply_locks(job: MirrorJob, work: _Work, listen: Listener, now: int) -> boo
     for path in job.closure.locks:
         lock = read_lock(path)
         foreign: list[str] = []
+        views = {
+            subdir: index.views(p.filename for p in lock.packages if p.subdir == subdir)
+            for subdir, index in work.indexes.items()
+        }
         for p in lock.packages:
-            index = work.indexes.get(p.subdir)
-            lite = index.lite.get(p.filename) if index is not None else None
+            lite = views.get(p.subdir, {}).get(p.filename)
             if lite is None:
                 foreign.append(f"{p.subdir}/{p.filename}")
                 work.report["foreign"].append(
@@ -226,7 +282,7 @@ def _apply_filters(job: MirrorJob, work: _Work) -> None:
     if not job.filters.include:
         return
     for subdir, index in work.indexes.items():
-        for fn in select_records(index, index.lite, job.filters, subdir):
+        for fn in select_records(index, job.filters, subdir):
             work.add(subdir, fn, "filters")
 
 
@@ -245,8 +301,7 @@ async def _solve_all(
     job: MirrorJob,
     storage: Any,
     work: _Work,
-    bodies: dict[str, bytes],
-    new_bodies: dict[str, bytes],
+    held: _Held,
     prev: SelectionState,
     files: _Files,
     listen: Listener,
@@ -260,8 +315,28 @@ async def _solve_all(
     if not platforms and not groups:
         return {}
     clock = time.monotonic()
-    paths = await asyncio.to_thread(_index_files, job, storage, work, bodies, new_bodies, files)
-    work.report["timings"]["index_files"] = round(time.monotonic() - clock, 3)
+    with SolverProcess() as child:  # it starts up while the index files are written
+        paths, exact = await asyncio.to_thread(_index_files, job, storage, work, held, files)
+        work.report["timings"]["index_files"] = round(time.monotonic() - clock, 3)
+        solves = _solves(job, platforms, groups, paths, prev)
+        started = time.monotonic()
+        held.release(work.indexes, exact)
+        results = await asyncio.to_thread(run_solves, solves, c.solve_timeout, child)
+    work.report["timings"]["solver_process"] = round(time.monotonic() - started, 3)
+    await asyncio.to_thread(held.restore, work.indexes)
+    return _take_results(work, solves, results, groups, time.monotonic() - started, listen)
+
+
+def _solves(
+    job: MirrorJob,
+    platforms: list[str],
+    groups: dict[str, tuple[str, list[str], list[str], list[str]]],
+    paths: dict[str, str],
+    prev: SelectionState,
+) -> list[Solve]:
+    """The --solve of each platform (preferring the last selection), then the --with-deps
+    groups."""
+    c = job.closure
     cutoff = None
     if job.filters.exclude_newer:
         cutoff = parse_cutoff(job.filters.exclude_newer, datetime.now(timezone.utc))
@@ -278,10 +353,7 @@ async def _solve_all(
             virtual_packages(platform, c.virtual_packages), constraints,
             exclude_newer_ms=cutoff,
         ))  # fmt: skip
-    started = time.monotonic()
-    results = await asyncio.to_thread(run_solves, solves, c.solve_timeout)
-    work.report["timings"]["solver_process"] = round(time.monotonic() - started, 3)
-    return _take_results(work, solves, results, groups, time.monotonic() - started, listen)
+    return solves
 
 
 def _sources(paths: dict[str, str], platform: str) -> dict[str, str]:
@@ -289,21 +361,16 @@ def _sources(paths: dict[str, str], platform: str) -> dict[str, str]:
 
 
 def _index_files(
-    job: MirrorJob,
-    storage: Any,
-    work: _Work,
-    bodies: dict[str, bytes],
-    new_bodies: dict[str, bytes],
-    files: _Files,
-) -> dict[str, str]:
+    job: MirrorJob, storage: Any, work: _Work, held: _Held, files: _Files
+) -> tuple[dict[str, str], dict[str, str]]:
     """A repodata.json file per subdir for the solver: the kept copy when upstream did not
-    change, else a temp file. `--exclude` takes its records out of the solver's input."""
+    change, else a temp file. `--exclude` takes its records out of the solver's input.
+    Returns (every path, the paths holding upstream's bytes exactly)."""
     exclude = Filters(include=job.filters.exclude)
     paths: dict[str, str] = {}
+    exact: dict[str, str] = {}
     for subdir, index in work.indexes.items():
-        excluded = (
-            set(select_records(index, index.lite, exclude, subdir)) if exclude.include else set()
-        )
+        excluded = set(select_records(index, exclude, subdir)) if exclude.include else set()
         if excluded:
             sections = {
                 key: {fn: raw for fn, raw in records.items() if fn not in excluded}
@@ -311,21 +378,24 @@ def _index_files(
             }
             data = encode_index(index, subdir, sections)
         else:
-            kept = None if subdir in new_bodies or job.dry_run else local_index(storage, subdir)
+            new = subdir in held.new_bodies
+            kept = None if new or job.dry_run else local_index(storage, subdir)
             if kept is not None:
-                paths[subdir] = kept
+                paths[subdir] = exact[subdir] = kept
                 continue
-            data = bodies[subdir]
+            data = held.bodies[subdir]
             cache = None if job.dry_run else local_cache_path(storage, subdir)
             if cache is not None:  # written once: this file becomes the kept copy
                 staged = files.staged[subdir] = cache.with_name(cache.name + ".new")
                 staged.write_bytes(data)
-                paths[subdir] = str(staged)
+                paths[subdir] = exact[subdir] = str(staged)
                 continue
         path = files.tmp / f"{subdir}.repodata.json"
         path.write_bytes(data)
         paths[subdir] = str(path)
-    return paths
+        if not excluded:
+            exact[subdir] = str(path)
+    return paths, exact
 
 
 def _with_deps_groups(work: _Work) -> dict[str, tuple[str, list[str], list[str], list[str]]]:
@@ -416,8 +486,9 @@ def _keep_and_count(
     expires: list[int] = []
     for subdir, index in work.indexes.items():
         before = prev.subdirs.get(subdir, {})
+        listed = index.views(before)
         for fn, last in before.items():
-            if fn in work.reasons.get(subdir, {}) or fn not in index.lite:
+            if fn in work.reasons.get(subdir, {}) or fn not in listed:
                 continue
             if keep and now - last < keep:
                 work.add(subdir, fn, "kept")
@@ -450,7 +521,7 @@ def apply_selection(
         if u.repodata is not None or u.selection == set(previous.subdirs.get(u.subdir, {})):
             continue
         body = result.bodies[u.subdir]
-        u.repodata = parse_index(body, u.subdir)
+        u.repodata = parse_index(body, u.subdir, None, True)
         u.fetched.body = body
         if u.meta is not None:
             u.fetched.source = u.fetched.source or u.meta.source

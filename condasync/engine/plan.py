@@ -108,10 +108,9 @@ def select_and_validate(
     """Select first (the closure step's `chosen` filenames, else the filters), then validate
     only the selected records: (selected and valid, rejected, differ)."""
     if chosen is not None:
-        lite = index.lite
-        candidates = {fn: view for fn in chosen if (view := lite.get(fn)) is not None}
+        candidates = index.views(chosen)
     elif filters.active:
-        candidates = select_records(index, index.lite, filters, subdir)
+        candidates = select_records(index, filters, subdir)
     else:
         candidates = index.lite
     return validate_records(index, local, candidates)
@@ -135,23 +134,18 @@ class _Brief(msgspec.Struct, gc=False):
 _brief = msgspec.json.Decoder(_Brief)
 
 
-def select_records(
-    index: Index, valid: dict[str, Lite], filters: Filters, subdir: str
-) -> dict[str, Lite]:
+def select_records(index: Index, filters: Filters, subdir: str) -> dict[str, Lite]:
     """Apply the filters, decoding as little of 600k records as each filter needs."""
     if not filters.active:
-        return valid
+        return index.lite
     names = include_names(filters)  # `--include numpy`: only numpy-* files are candidates
     if names is None:
+        valid = index.lite
         candidates = list(valid)
     else:  # one C-level prefix test per key, then a full split of the few that pass
-        prefixes = tuple(f"{name}-" for name in names)
+        valid = index.named(names)
         candidates = [
-            fn
-            for fn in valid
-            if fn.startswith(prefixes)
-            and (parts := split_filename(fn)) is not None
-            and parts[0] in names
+            fn for fn in valid if (parts := split_filename(fn)) is not None and parts[0] in names
         ]
     # a few records are cut from upstream's bytes; many mean one raw pass over the document
     found = index.records(set(candidates)) if candidates else {}

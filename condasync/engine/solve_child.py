@@ -102,6 +102,8 @@ async def _main(request: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     try:
+        import rattler  # noqa: F401  # before the request arrives (see solver.SolverProcess)
+
         answer = asyncio.run(_main(json.load(sys.stdin)))
     except BaseException as exc:  # report anything, including rattler's own exception types
         answer = {"ok": False, "message": f"{type(exc).__name__}: {exc}"}

@@ -104,8 +104,44 @@ class Solved:
     seconds: float
 
 
-def run_solves(solves: list[Solve], timeout: float) -> list[Solved]:
-    """Run every solve in one child process (`python -m condasync.engine.solve_child`)."""
+class SolverProcess:
+    """The solver child (`python -m condasync.engine.solve_child`), started before the
+    solves are known so that its start-up (the interpreter, py-rattler) overlaps the
+    parent's work; it waits for one request on stdin."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "condasync.engine.solve_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    def communicate(self, request: bytes, timeout: float) -> tuple[bytes, bytes, int]:
+        try:
+            out, err = self._proc.communicate(request, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise
+        return out, err, self._proc.returncode
+
+    def close(self) -> None:
+        """Stop the child if it still runs (a run that solved nothing, or an error)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.communicate()
+
+    def __enter__(self) -> SolverProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_solves(
+    solves: list[Solve], timeout: float, process: SolverProcess | None = None
+) -> list[Solved]:
+    """Run every solve in one child process (`process`, else one started now)."""
     if not solves:
         return []
     request = {
@@ -124,24 +160,20 @@ def run_solves(solves: list[Solve], timeout: float) -> list[Solved]:
             for s in solves
         ]
     }
+    with process or SolverProcess() as child:
+        try:
+            stdout, stderr, returncode = child.communicate(json.dumps(request).encode(), timeout)
+        except subprocess.TimeoutExpired:
+            raise SelectionError(
+                f"the solver did not finish within {timeout:g} s ({len(solves)} solves);"
+                " nothing was written"
+            ) from None
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "condasync.engine.solve_child"],
-            input=json.dumps(request).encode(),
-            capture_output=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise SelectionError(
-            f"the solver did not finish within {timeout:g} s ({len(solves)} solves);"
-            " nothing was written"
-        ) from None
-    try:
-        answer: dict[str, Any] = json.loads(done.stdout)
+        answer: dict[str, Any] = json.loads(stdout)
     except ValueError:
-        tail = done.stderr.decode(errors="replace")[-2000:].strip()
+        tail = stderr.decode(errors="replace")[-2000:].strip()
         raise SelectionError(
-            f"the solver process died (exit code {done.returncode}): {tail or 'no output'};"
+            f"the solver process died (exit code {returncode}): {tail or 'no output'};"
             " nothing was written"
         ) from None
     if not answer.get("ok"):

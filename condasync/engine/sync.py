@@ -444,7 +444,7 @@ def _plan_changes(
         if planned.published is not None and len(planned.published) <= LOCATE_MAX:
             index.records(planned.published)  # located now: publishing needs no raw pass
         del selected, differ, local
-        index.lite, index.order = {}, {}
+        index.forget_views()
         gc.freeze()  # later collections during downloads need not walk all that again
     for key, reason in rejected.items():
         report.rejected[key] = reason

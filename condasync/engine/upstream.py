@@ -188,8 +188,12 @@ async def fetch_upstream(
         return Upstream(subdir, meta, fetched, None, body_sha256, timings=timings)
     started = time.monotonic()
     try:
-        names = None if job.closure.active else include_names(job.filters)
-        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir, names)
+        # a closure or a name filter types only the records it selects (Index.views)
+        lazy = job.closure.active
+        if lazy:  # a selection is never published as upstream's own .zst: free it now
+            fetched.zst = None
+        names = None if lazy else include_names(job.filters)
+        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir, names, lazy)
     except ValueError as exc:
         raise UpstreamError(f"invalid upstream repodata: {exc}") from None
     # the records are views into the decompressed body: keeping it (to publish as is) is free

@@ -3,12 +3,19 @@ defaults per platform family and overrides, --keep-unselected durations, lock ha
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
-from condasync.engine.closure import _compare
+from condasync.channel.bigindex import Index, Lite, parse_index
+from condasync.engine.closure import _compare, _Held
 from condasync.engine.closure_state import keep_ms
+from condasync.engine.fetch import IndexFetch
 from condasync.engine.lockfiles import parse_explicit, parse_fragment, subdir_and_filename
-from condasync.engine.solver import default_virtual_packages, virtual_packages
+from condasync.engine.solver import SelectionError, default_virtual_packages, virtual_packages
+from condasync.engine.upstream import Upstream
 from condasync.errors import UsageError
 
 MD5 = "d7c89558ba9fa0495403155b64376d81"
@@ -116,3 +123,40 @@ def test_lock_hash_comparison(
     lock: tuple[str | None, str | None], upstream: tuple[str | None, str | None], kind: str | None
 ) -> None:
     assert _compare(*lock, *upstream)[0] == kind
+
+
+def _held_index(tmp_path: Path) -> tuple[_Held, dict[str, Index], Path, bytes]:
+    doc = {"info": {"subdir": "linux-64"}, "packages": {}, "packages.conda": {
+        f"p{i}-1-0.conda": {"name": f"p{i}", "version": "1", "build": "0", "size": i + 1}
+        for i in range(50)}}  # fmt: skip
+    body = json.dumps(doc).encode()
+    path = tmp_path / "linux-64.repodata.json"
+    path.write_bytes(body)
+    fetched = IndexFetch(unchanged=False, body=body)
+    upstream = Upstream("linux-64", None, fetched, parse_index(body, "linux-64", lazy=True))
+    assert upstream.repodata is not None and upstream.repodata.partial
+    indexes = {"linux-64": upstream.repodata}
+    held = _Held({"linux-64": body}, {"linux-64": body}, {"linux-64": upstream})
+    held.release(indexes, {"linux-64": str(path)})
+    return held, indexes, path, body
+
+
+def test_the_parent_lets_the_index_go_during_the_solve_and_reads_it_back(tmp_path: Path) -> None:
+    held, indexes, _path, body = _held_index(tmp_path)
+    index = indexes["linux-64"]
+    assert index.body == b"" and held.bodies["linux-64"] == b""
+    assert held.upstreams["linux-64"].fetched.body is None
+    held.restore(indexes)
+    assert index.body == body and held.new_bodies["linux-64"] == body
+    assert held.upstreams["linux-64"].fetched.body == body
+    assert index.views(["p7-1-0.conda", "nope-1-0.conda"]) == {"p7-1-0.conda": Lite(size=8)}
+    assert index.count() == 50
+
+
+def test_an_index_file_replaced_during_the_solve_is_an_error(tmp_path: Path) -> None:
+    held, indexes, path, body = _held_index(tmp_path)
+    other = tmp_path / "other"
+    other.write_bytes(body.replace(b'"size": 8', b'"size": 9'))
+    os.replace(other, path)  # same size, another file
+    with pytest.raises(SelectionError, match="changed during the solve"):
+        held.restore(indexes)

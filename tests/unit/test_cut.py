@@ -412,8 +412,9 @@ def test_a_parse_by_name_types_only_those_names_and_agrees_with_the_whole_parse(
             continue
         partial += 1
         wanted = {fn for fn in listed if fn.startswith(tuple(f"{n}-" for n in names))}
-        assert index.lite.keys() == wanted, seed
-        for fn, view in index.lite.items():
+        assert index._views.keys() == wanted, seed  # typed only those
+        assert index.named(names).keys() == wanted, seed
+        for fn, view in index.named(names).items():
             assert (view.size, view.sha256, view.md5) == _lite_truth(listed[fn]), seed
         found = index.records(wanted)
         assert {fn: json.loads(bytes(b)) for fn, b in found.items()} == {
@@ -438,6 +439,32 @@ def test_a_parse_by_name_keeps_other_top_level_keys_for_publishing() -> None:
     doc = {**_doc(2, 3), "zz_extra": ["kept", 1]}
     data = FORMATS["compact"](doc)
     index = parse_index(data, "noarch", {"p1"})
-    assert index.partial and index.lite.keys() == {"p1-1.0-0.tar.bz2", "p1-1.0-0.conda"}
+    assert index.partial and index.named({"p1"}).keys() == {"p1-1.0-0.tar.bz2", "p1-1.0-0.conda"}
     assert json.loads(bytes(index.extra["zz_extra"])) == ["kept", 1]
     assert parse_index(FORMATS["compact"](_doc(2, 3)), "noarch", {"p1"})._extra == {}
+
+
+def test_a_lazy_index_types_on_demand_and_agrees_with_the_whole_parse() -> None:
+    """`parse_index(..., lazy=True)`, as a solve parses: views of any filenames (listed or
+    not) equal the whole parse's, records cut from the bytes equal the parser's, and `lite`
+    (every record) makes it whole."""
+    lazy_seen = 0
+    for seed in range(2000):
+        rng = random.Random(seed)
+        data = _fuzz_document(rng).encode()
+        try:
+            whole = parse_index(data, "noarch")
+            index = parse_index(data, "noarch", lazy=True)
+        except ValueError:
+            continue
+        truth = json.loads(data)
+        listed = {**(truth.get("packages.conda") or {}), **(truth.get("packages") or {})}
+        asked = set(rng.sample(sorted(listed), len(listed) // 2)) | {"nope-1-0.conda"}
+        lazy_seen += index.partial
+        views = index.views(asked)
+        assert views == {fn: v for fn, v in whole.lite.items() if fn in asked}, seed
+        assert {fn: json.loads(bytes(b)) for fn, b in index.records(set(views)).items()} == {
+            fn: listed[fn] for fn in views
+        }, seed
+        assert index.lite == whole.lite and not index.partial, seed
+    assert lazy_seen > 100
