@@ -12,7 +12,7 @@ import orjson
 import typer
 
 from condasync import __version__
-from condasync.channel.repodata import is_subdir
+from condasync.channel.repodata import is_subdir, suggest_subdir
 from condasync.channel.urls import mask_url
 from condasync.config import closure_from, filters_from, load_config, metrics_file_of
 from condasync.display import (
@@ -29,7 +29,6 @@ from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
 from condasync.engine.shardpub import parse_duration
 from condasync.engine.state import load_meta, mirrored_subdirs
-from condasync.engine.upstream import suggest_subdir
 from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
 from condasync.models import MirrorReport
 from condasync.serve.commands import apikey_app

@@ -7,6 +7,7 @@ tests). The mirror engine's view of a 600k-record index is in `bigindex`.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import re
 from collections.abc import Iterator
@@ -261,3 +262,9 @@ def decompress_zst(data: bytes) -> bytes:
     except zstandard.ZstdError as exc:
         raise ValueError(f"corrupt zstd data: {exc}") from None
     return b"".join(chunks)
+
+
+def suggest_subdir(name: str) -> str:
+    """` (did you mean 'linux-64'?)` for a near miss of a known subdir, else ""."""
+    close = difflib.get_close_matches(name, KNOWN_SUBDIRS, n=1, cutoff=0.7)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -25,6 +25,7 @@ from condasync.channel.repodata import (
     KNOWN_SUBDIRS,
     gc_paused,
     is_subdir,
+    suggest_subdir,
 )
 from condasync.channel.urls import join, mask, mask_url, normalize_channel, secrets_of
 from condasync.engine import fetch
@@ -68,7 +69,6 @@ from condasync.engine.upstream import (
     fetch_upstream,
     is_json_object,
     resolve_missing,
-    suggest_subdir,
 )
 from condasync.errors import (
     EXIT_PARTIAL,

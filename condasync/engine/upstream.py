@@ -5,7 +5,6 @@ means (never "delete everything")."""
 from __future__ import annotations
 
 import asyncio
-import difflib
 import hashlib
 import time
 from dataclasses import dataclass, field
@@ -70,11 +69,6 @@ def folder_untouched(storage: Storage, subdir: str, meta: SubdirMeta) -> bool:
         return True
     st = storage.stat(subdir)
     return st is not None and st[1] == meta.dir_mtime_ns
-
-
-def suggest_subdir(name: str) -> str:
-    close = difflib.get_close_matches(name, KNOWN_SUBDIRS, n=1, cutoff=0.7)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def resolve_missing(
