@@ -12,6 +12,8 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 
 async def _run(url: str, prefix: str, cache: str, specs: list[str]) -> list[dict[str, str]]:
@@ -45,22 +47,28 @@ async def _run(url: str, prefix: str, cache: str, specs: list[str]) -> list[dict
     ]
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) < 4:
-        print(__doc__, file=sys.stderr)
-        return 2
-    url, prefix, cache, *specs = argv
-    try:
-        installed = asyncio.run(_run(url, prefix, cache, specs))
-    except BaseException:  # report anything, including rattler's own exception types
-        traceback.print_exc()
-        return 1
-    print(json.dumps(installed, sort_keys=True))
-    return 0
-
-
-if __name__ == "__main__":
-    code = main(sys.argv[1:])
+def run_main(run: Callable[..., Awaitable[Any]], argv: list[str], needed: int) -> None:
+    """Run `run(*argv)` and print its JSON result: exit 0, or 1 with the traceback on stderr
+    (2 with the usage when fewer than `needed` arguments are given). Ends with os._exit()."""
+    code = 2
+    if len(argv) < needed:
+        print(sys.modules["__main__"].__doc__, file=sys.stderr)
+    else:
+        try:
+            found = asyncio.run(run(*argv))
+            print(json.dumps(found, sort_keys=True))
+            code = 0
+        except BaseException:  # report anything, including rattler's own exception types
+            traceback.print_exc()
+            code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+async def _install(url: str, prefix: str, cache: str, *specs: str) -> list[dict[str, str]]:
+    return await _run(url, prefix, cache, list(specs))
+
+
+if __name__ == "__main__":
+    run_main(_install, sys.argv[1:], 4)

@@ -7,12 +7,11 @@ It ends with os._exit() because py-rattler can abort at interpreter shutdown.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import sys
-import traceback
 from typing import Any
+
+from rattler_client import run_main  # beside this file, on sys.path when run as a script
 
 
 async def _run(url: str, cache: str, sharded: bool, subdir: str, names: list[str]) -> Any:
@@ -33,19 +32,9 @@ async def _run(url: str, cache: str, sharded: bool, subdir: str, names: list[str
     return out
 
 
-def main(argv: list[str]) -> int:
-    url, cache, sharded, subdir, *names = argv
-    try:
-        found = asyncio.run(_run(url, cache, sharded == "1", subdir, names))
-    except BaseException:
-        traceback.print_exc()
-        return 1
-    print(json.dumps(found, sort_keys=True))
-    return 0
+async def _query(url: str, cache: str, sharded: str, subdir: str, *names: str) -> Any:
+    return await _run(url, cache, sharded == "1", subdir, list(names))
 
 
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    run_main(_query, sys.argv[1:], 5)

@@ -240,20 +240,20 @@ def add_pages(app: FastAPI, server: Server) -> Pages:
     before = list(app.router.routes)
     server.tasks.on_synced.append(lambda name: pages.summaries.refresh(name, force=True))
     route = app.add_api_route
-    route("/", pages.front, methods=["GET"], include_in_schema=False)
-    route("/login", pages.login_form, methods=["GET"], include_in_schema=False)
+    route("/", pages.front, methods=["GET", "HEAD"], include_in_schema=False)
+    route("/login", pages.login_form, methods=["GET", "HEAD"], include_in_schema=False)
     route("/login", pages.login, methods=["POST"], include_in_schema=False)
     route("/logout", pages.logout, methods=["POST"], include_in_schema=False)
 
     async def slash(name: str) -> Response:
         return RedirectResponse(f"/channels/{name}/", 308)
 
-    route("/channels/{name}", slash, methods=["GET"], include_in_schema=False)
-    route("/channels/{name}/", pages.channel, methods=["GET"], include_in_schema=False)
+    route("/channels/{name}", slash, methods=["GET", "HEAD"], include_in_schema=False)
+    route("/channels/{name}/", pages.channel, methods=["GET", "HEAD"], include_in_schema=False)
     route(
         "/channels/{name}/packages/{package}",
         pages.package,
-        methods=["GET"],
+        methods=["GET", "HEAD"],
         include_in_schema=False,
     )
     route(

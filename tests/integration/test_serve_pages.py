@@ -86,6 +86,10 @@ def test_channel_page_search_and_package_page(site: ServeProcess) -> None:
                      "pixi add zlib"):  # fmt: skip
         assert expected in pkg.text, expected
     assert c.get("/channels/mir/packages/nothing-here").status_code == 404
+    for path in ("/", "/channels/mir/", "/channels/mir/packages/zlib", "/login"):
+        head = c.head(path)  # link checkers and load balancers ask with HEAD
+        assert head.status_code == 200 and head.content == b"", path
+        assert head.headers["content-type"].startswith("text/html"), path
     assert c.get("/channels/none/").status_code == 404
     # the channel's files are still files
     assert c.get("/channels/mir/noarch/repodata.json").json()["packages.conda"]
