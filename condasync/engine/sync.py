@@ -163,6 +163,20 @@ class _Locker:
             self._held = None
 
 
+@dataclass
+class _Run:
+    """What every step of one run shares: the job, the HTTP client and the channel's URL, the
+    target and its lock, the options hash, and the listener."""
+
+    job: MirrorJob
+    client: httpx.AsyncClient
+    base: str
+    storage: Storage
+    locker: _Locker
+    options: str
+    listen: Listener
+
+
 def options_hash(job: MirrorJob, channel: str) -> str:
     """Options that shape the published index; when they change, the next run re-plans."""
     doc: dict[str, object] = {
@@ -219,7 +233,8 @@ async def _mirror(
             *(fetch_upstream(job, client, base, storage, s, options) for s in subdirs)
         )
         upstreams = resolve_missing(job, storage, list(fetched), base)
-        closure = await _select(job, client, base, storage, locker, upstreams, report, listen)
+        run = _Run(job, client, base, storage, locker, options, listen)
+        closure = await _select(run, upstreams, report)
         changed = any(u.repodata is not None for u in upstreams)
         if changed and channeldata is None:
             channeldata = await fetch.fetch_optional(client, join(base, "channeldata.json"))
@@ -231,9 +246,7 @@ async def _mirror(
                 listen(Event("error", upstream.subdir, message=upstream.error))
                 continue
             try:
-                await _sync_subdir(
-                    job, client, base, storage, locker, upstream, options, sub, listen
-                )
+                await _sync_subdir(run, upstream, sub)
             except MassDeleteError as exc:
                 sub.error = str(exc)
                 listen(Event("error", upstream.subdir, message=str(exc)))
@@ -248,36 +261,23 @@ async def _mirror(
 
 
 async def _select(
-    job: MirrorJob,
-    client: httpx.AsyncClient,
-    base: str,
-    storage: Storage,
-    locker: _Locker,
-    upstreams: list[Upstream],
-    report: MirrorReport,
-    listen: Listener,
+    run: _Run, upstreams: list[Upstream], report: MirrorReport
 ) -> ClosureResult | None:
     """The closure step (engine/closure.py): each subdir's selection, before any write."""
+    job, client, base = run.job, run.client, run.base
 
     async def refetch(subdir: str) -> fetch.IndexFetch:
         return await fetch.fetch_index(client, join(base, subdir), None, job.retries, job.backoff)
 
     if not job.closure.active:
         return None
-    return await select_for_run(job, storage, upstreams, refetch, locker.ensure, report, listen)
+    return await select_for_run(
+        job, run.storage, upstreams, refetch, run.locker.ensure, report, run.listen
+    )
 
 
-async def _sync_subdir(
-    job: MirrorJob,
-    client: httpx.AsyncClient,
-    base: str,
-    storage: Storage,
-    locker: _Locker,
-    upstream: Upstream,
-    options: str,
-    report: SubdirReport,
-    listen: Listener,
-) -> None:
+async def _sync_subdir(run: _Run, upstream: Upstream, report: SubdirReport) -> None:
+    job, storage, locker, listen = run.job, run.storage, run.locker, run.listen
     subdir = upstream.subdir
     if not job.dry_run:
         storage.clear_staging(subdir)  # leftovers of a killed run
@@ -328,9 +328,7 @@ async def _sync_subdir(
             None, prepare_as_is, storage, subdir, upstream.fetched, job
         )
     try:
-        await _sync_changed(
-            job, client, base, storage, locker, upstream, options, report, listen, early
-        )
+        await _sync_changed(run, upstream, report, early)
     finally:
         if early is not None:
             await discard_when_ready(early)  # nothing left to drop once it is published
@@ -357,44 +355,32 @@ class _Planned:
 
 
 async def _sync_changed(
-    job: MirrorJob,
-    client: httpx.AsyncClient,
-    base: str,
-    storage: Storage,
-    locker: _Locker,
-    upstream: Upstream,
-    options: str,
-    report: SubdirReport,
-    listen: Listener,
-    early: asyncio.Future[Prepared] | None,
+    run: _Run, upstream: Upstream, report: SubdirReport, early: asyncio.Future[Prepared] | None
 ) -> None:
     """One subdir whose upstream index changed, in the order of DESIGN.md §2: plan, download
     (indexes are prepared meanwhile), publish, delete, save state."""
     clock = time.monotonic()
-    planned = _plan_changes(job, storage, upstream, report, listen)
+    planned = _plan_changes(run, upstream, report)
     clock = report.timed("plan", clock)
     plan = planned.plan
     report.planned_bytes = sum(planned.wanted[fn].size for fn in plan.add + plan.replace)
-    if job.dry_run:
+    if run.job.dry_run:
         report.added, report.replaced = list(plan.add), list(plan.replace)
         _split_repaired(report, planned.dropped)
         report.deleted = sorted(plan.delete + plan.strays)
         report.packages = plan.unchanged + len(plan.kept_removed) + len(plan.add + plan.replace)
         return
-    locker.ensure()
-    await _before_downloads(job, storage, upstream, planned, listen)
-    done, final = await _download_and_prepare(
-        job, client, base, storage, upstream, planned, report, listen, early
-    )
+    run.locker.ensure()
+    await _before_downloads(run, upstream, planned)
+    done, final = await _download_and_prepare(run, upstream, planned, report, early)
     _split_repaired(report, planned.dropped)
-    stats = await _publish(job, storage, upstream, planned, done, final, report, listen)
-    await _delete_and_save(storage, upstream, planned, done, stats, options, report, listen)
+    stats = await _publish(run, upstream, planned, done, final, report)
+    await _delete_and_save(run, upstream, planned, done, stats, report)
 
 
-def _plan_changes(
-    job: MirrorJob, storage: Storage, upstream: Upstream, report: SubdirReport, listen: Listener
-) -> _Planned:
+def _plan_changes(run: _Run, upstream: Upstream, report: SubdirReport) -> _Planned:
     """Validate, select and plan, from upstream's index and our state alone (no writes)."""
+    job, storage, listen = run.job, run.storage, run.listen
     subdir, index = upstream.subdir, upstream.repodata
     assert index is not None
     with gc_paused():  # hundreds of thousands of new objects, none of them cyclic
@@ -452,10 +438,9 @@ def _plan_changes(
     return planned
 
 
-async def _before_downloads(
-    job: MirrorJob, storage: Storage, upstream: Upstream, planned: _Planned, listen: Listener
-) -> None:
+async def _before_downloads(run: _Run, upstream: Upstream, planned: _Planned) -> None:
     """Compact the state if due, free strays' space, and announce the plan."""
+    job, storage, listen = run.job, run.storage, run.listen
     subdir, plan, state = upstream.subdir, planned.plan, planned.state
     assert upstream.repodata is not None
     if state.needs_compaction():
@@ -478,23 +463,20 @@ async def _before_downloads(
 
 
 async def _download_and_prepare(
-    job: MirrorJob,
-    client: httpx.AsyncClient,
-    base: str,
-    storage: Storage,
+    run: _Run,
     upstream: Upstream,
     planned: _Planned,
     report: SubdirReport,
-    listen: Listener,
     early: asyncio.Future[Prepared] | None,
 ) -> tuple[dict[str, FileState], _Prepared]:
     """Download the packages while the other core writes the indexes to publish: an interim
     one when files change under their name, and the final one as it will be if every
     download succeeds (unless upstream's own bytes are that, and already on their way)."""
+    job, client, storage, listen = run.job, run.client, run.storage, run.listen
     subdir, index, plan = upstream.subdir, upstream.repodata, planned.plan
     assert index is not None
     clock = time.monotonic()
-    package_base = _package_base(join(base, subdir), index.info)
+    package_base = _package_base(join(run.base, subdir), index.info)
     # Files a killed run already put in place are adopted (after hashing) instead of
     # fetched again. A local folder whose mtime is as our last run left it holds none (a
     # new name changes it), and one that changed was just listed; an object store has no
@@ -539,17 +521,16 @@ class _Prepared:
 
 
 async def _publish(
-    job: MirrorJob,
-    storage: Storage,
+    run: _Run,
     upstream: Upstream,
     planned: _Planned,
     done: dict[str, FileState],
     ready: _Prepared,
     report: SubdirReport,
-    listen: Listener,
 ) -> dict[str, list[int]]:
     """Interim index, replaced files, final index: at every instant a reader sees an index
     whose files are all in place and match it. Returns the published files' stats."""
+    job, storage = run.job, run.storage
     subdir, index = upstream.subdir, upstream.repodata
     assert index is not None
     clock = time.monotonic()
@@ -591,22 +572,21 @@ async def _publish(
     report.published_bytes = planned.n_bytes - sum(
         planned.wanted[fn].size for fn in skip if fn in planned.wanted
     )
-    listen(Event("published", subdir, count=report.packages))
+    run.listen(Event("published", subdir, count=report.packages))
     return stats
 
 
 async def _delete_and_save(
-    storage: Storage,
+    run: _Run,
     upstream: Upstream,
     planned: _Planned,
     done: dict[str, FileState],
     stats: dict[str, list[int]],
-    options: str,
     report: SubdirReport,
-    listen: Listener,
 ) -> None:
     """Delete what is no longer listed, then save state: last, so a kill before it only
     costs the next run a re-plan."""
+    storage = run.storage
     subdir, deletes = upstream.subdir, planned.deletes
     clock = time.monotonic()
     doomed = planned.plan.delete if planned.strays_first else deletes
@@ -614,7 +594,7 @@ async def _delete_and_save(
     clock = report.timed("delete", clock)
     for filename in deletes:
         report.deleted.append(filename)
-        listen(Event("deleted", subdir, name=filename))
+        run.listen(Event("deleted", subdir, name=filename))
     # Our state minus what is gone, plus what we fetched; a failed replacement keeps
     # its old entry (its old bytes are still there).
     changes: dict[str, FileState | None] = dict.fromkeys(planned.dropped, None)
@@ -636,7 +616,7 @@ async def _delete_and_save(
             etag=upstream.fetched.etag,
             last_modified=upstream.fetched.last_modified,
             upstream_sha256=upstream.body_sha256,
-            options=options,
+            options=run.options,
             published=stats,
             complete=not report.failed,
             dir_mtime_ns=folder[1] if folder else 0,
