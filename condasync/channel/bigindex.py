@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -76,38 +76,28 @@ class _Key(msgspec.Struct, gc=False):
     """A record not read (see `parse_index`'s `names`); it must be an object."""
 
 
-class _LiteDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A whole index in one pass into the typed views. An unknown top-level key fails it (so
-    a pass that succeeds also tells that `extra` is empty); `_LiteDocAny` then skips them."""
+_Rec = TypeVar("_Rec", Lite, _Key)
+
+
+class _Doc(msgspec.Struct, Generic[_Rec], forbid_unknown_fields=True, gc=False):
+    """A whole index in one pass, each record into `_Rec`: its typed view (`Lite`) or nothing
+    but its key (`_Key`). An unknown top-level key fails it (so a pass that succeeds also
+    tells that `extra` is empty); `_DocAny` then skips them."""
 
     info: msgspec.Raw = _NULL
-    packages: dict[str, Lite] | None = None
-    conda: dict[str, Lite] | None = msgspec.field(default=None, name="packages.conda")
+    packages: dict[str, _Rec] | None = None
+    conda: dict[str, _Rec] | None = msgspec.field(default=None, name="packages.conda")
     removed: msgspec.Raw = _NULL
     repodata_version: msgspec.Raw = _NULL
 
 
-class _LiteDocAny(_LiteDoc, forbid_unknown_fields=False, gc=False):
-    """`_LiteDoc` for a document with other top-level keys (found later, by `Index.extra`)."""
-
-
-class _KeysDoc(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """A whole index in one pass into its filenames alone (`_LiteDoc` without the views)."""
-
-    info: msgspec.Raw = _NULL
-    packages: dict[str, _Key] | None = None
-    conda: dict[str, _Key] | None = msgspec.field(default=None, name="packages.conda")
-    removed: msgspec.Raw = _NULL
-    repodata_version: msgspec.Raw = _NULL
-
-
-class _KeysDocAny(_KeysDoc, forbid_unknown_fields=False, gc=False):
-    """`_KeysDoc` for a document with other top-level keys."""
+class _DocAny(_Doc[_Rec], Generic[_Rec], forbid_unknown_fields=False, gc=False):
+    """`_Doc` for a document with other top-level keys (found later, by `Index.extra`)."""
 
 
 _raw_doc = msgspec.json.Decoder(_RawDoc)
-_LITE = (msgspec.json.Decoder(_LiteDoc), msgspec.json.Decoder(_LiteDocAny))
-_KEYS = (msgspec.json.Decoder(_KeysDoc), msgspec.json.Decoder(_KeysDocAny))
+_LITE = (msgspec.json.Decoder(_Doc[Lite]), msgspec.json.Decoder(_DocAny[Lite]))
+_KEYS = (msgspec.json.Decoder(_Doc[_Key]), msgspec.json.Decoder(_DocAny[_Key]))
 
 
 class Index:
