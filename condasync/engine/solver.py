@@ -109,9 +109,9 @@ class SolverProcess:
     solves are known so that its start-up (the interpreter, py-rattler) overlaps the
     parent's work; it waits for one request on stdin."""
 
-    def __init__(self) -> None:
+    def __init__(self, command: list[str] | None = None) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "condasync.engine.solve_child"],
+            command or [sys.executable, "-m", "condasync.engine.solve_child"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,14 @@ from condasync.engine.closure import _compare, _Held
 from condasync.engine.closure_state import keep_ms
 from condasync.engine.fetch import IndexFetch
 from condasync.engine.lockfiles import parse_explicit, parse_fragment, subdir_and_filename
-from condasync.engine.solver import SelectionError, default_virtual_packages, virtual_packages
+from condasync.engine.solver import (
+    SelectionError,
+    Solve,
+    SolverProcess,
+    default_virtual_packages,
+    run_solves,
+    virtual_packages,
+)
 from condasync.engine.upstream import Upstream
 from condasync.errors import UsageError
 
@@ -160,3 +168,20 @@ def test_an_index_file_replaced_during_the_solve_is_an_error(tmp_path: Path) -> 
     os.replace(other, path)  # same size, another file
     with pytest.raises(SelectionError, match="changed during the solve"):
         held.restore(indexes)
+
+
+def _solve() -> Solve:
+    return Solve("solve:linux-64", "linux-64", ["python"], {}, [])
+
+
+def test_a_solver_that_does_not_answer_in_time_is_an_error() -> None:
+    with pytest.raises(SelectionError, match="did not finish within"):
+        run_solves([_solve()], 0.001)
+
+
+def test_a_solver_process_that_dies_is_an_error() -> None:
+    died = SolverProcess(
+        [sys.executable, "-c", "import sys; print('boom', file=sys.stderr); sys.exit(3)"]
+    )
+    with pytest.raises(SelectionError, match=r"died \(exit code 3\): boom"):
+        run_solves([_solve()], 30, died)
