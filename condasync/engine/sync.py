@@ -507,8 +507,10 @@ async def _download_and_prepare(
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
     shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
-    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded meanwhile too (no writes)
-        asyncio.to_thread(shards.prepare, index, planned.published, set(), planned.kept_removed)
+    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded (and staged) meanwhile too
+        asyncio.to_thread(
+            shards.prepare, index, planned.published, set(), planned.kept_removed, plan.replace
+        )
     )
     try:
         done, staged = await download_all(
