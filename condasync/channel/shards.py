@@ -122,7 +122,6 @@ def created_at(newest_ms: int) -> str:
 
 class _Compressors(threading.local):
     compressor: zstandard.ZstdCompressor | None = None
-    decompressor: zstandard.ZstdDecompressor | None = None
 
 
 _compressors = _Compressors()
@@ -136,25 +135,6 @@ def compress(data: bytes) -> bytes:
         compressor = zstandard.ZstdCompressor(level=SHARD_LEVEL, write_content_size=True)
         _compressors.compressor = compressor
     return compressor.compress(data)
-
-
-def decompress_sized(data: bytes) -> bytes:
-    """`decompress` for a frame that states its content size (ours do), in one call with a
-    decompressor reused per thread; other frames go the streaming way."""
-    try:
-        size = zstandard.frame_content_size(data)
-    except zstandard.ZstdError:
-        size = -1
-    if not 0 < size <= MAX_SHARD_INDEX:
-        return decompress(data)
-    decompressor = _compressors.decompressor
-    if decompressor is None:
-        decompressor = _compressors.decompressor = zstandard.ZstdDecompressor()
-    try:
-        out: bytes = decompressor.decompress(data, max_output_size=size)
-    except zstandard.ZstdError as exc:
-        raise ValueError(f"corrupt zstd data: {exc}") from None
-    return out
 
 
 def encode_shard_index(subdir: str, shards: Mapping[str, bytes], created_at: str) -> bytes:

@@ -1,12 +1,11 @@
 """Publishing a subdir's shards (CEP-16) incrementally: encode only the names whose records
-changed (taking unchanged records' encodings from the shards we made before), write new shard
-files before the shard index, retire shards no longer named, and delete retired ones once
-their grace period has passed. State: `.condasync/<subdir>.shards*`.
+changed, write new shard files before the shard index (staged while they are encoded, on a
+local target), retire shards no longer named, and delete retired ones once their grace period
+has passed. State: `.condasync/<subdir>.shards*`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Set
@@ -14,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 
-from condasync.channel.shardencode import CachedShard, Encoded, Shard, build_shard, open_cached
+from condasync.channel.shardencode import Encoded, Shard, build_shard
 from condasync.channel.shards import (
     SHARD_INDEX,
     SHARDS_DIR,
@@ -23,7 +22,6 @@ from condasync.channel.shards import (
     encode_shard_index,
     is_shard_filename,
 )
-from condasync.errors import StorageError
 from condasync.storage import STATE_DIR, StagedFile, Storage
 
 WRITE_BATCH = 256  # shard files per storage.publish call (one thread each)
@@ -38,9 +36,6 @@ class ShardState(msgspec.Struct):
     names: dict[str, tuple[str, str, int]] = msgspec.field(default_factory=dict)
     index_stat: list[int] = msgspec.field(default_factory=list)  # [size, mtime_ns] we left
     folder: list[int] = msgspec.field(default_factory=list)  # shards/ as we left it (local)
-    # shard sha256 hex -> the hashes of the JSON its records were encoded from, in shard
-    # order (channel.shards.open_cached): what lets a changed name reuse unchanged records
-    records: dict[str, bytes] = msgspec.field(default_factory=dict)
 
 
 class Retired(msgspec.Struct):
@@ -99,15 +94,13 @@ def load_retired(storage: Storage, subdir: str) -> Retired:
 
 
 class ShardSet:
-    """The shards one index names: name -> (records digest, shard sha256, newest), the new
-    files, and the record hashes of each shard encoded for it."""
+    """The shards one index names: name -> (records digest, shard sha256, newest), and the
+    new files."""
 
     def __init__(self) -> None:
         self.names: dict[str, tuple[str, str, int]] = {}
         self.new_files: dict[str, bytes] = {}  # shard hex -> compressed bytes
-        self.hashes: dict[str, bytes] = {}  # shard hex -> its records' hashes
         self.encoded: dict[str, Encoded] = {}  # name -> its records' encodings (`keep`)
-        self.reused = 0  # records whose encoding came from an earlier shard
 
     def hexes(self) -> set[str]:
         return {shard for _, shard, _ in self.names.values()}
@@ -116,14 +109,10 @@ class ShardSet:
         hexdigest = shard.sha.hex()
         self.names[name] = (digest, hexdigest, shard.newest)
         self.new_files[hexdigest] = shard.data
-        if shard.hashes:
-            self.hashes[hexdigest] = shard.hashes
         if shard.encoded is not None:
             self.encoded[name] = shard.encoded
-        self.reused += shard.reused
 
 
-Cached = Callable[[str], CachedShard | None]  # name -> an earlier shard of it, as a cache
 Sink = Callable[[str, bytes], None]  # each new shard file as soon as it is encoded
 
 
@@ -131,14 +120,12 @@ def plan_shards(
     groups: Mapping[str, NameRecords],
     known: Mapping[str, tuple[str, str, int]],
     digests: dict[str, str] | None = None,
-    cached: Cached | None = None,
     sink: Sink | None = None,
     keep: Set[str] = frozenset(),
 ) -> ShardSet:
-    """Encode only the names whose records' digest is not the one `known` has for them,
-    taking unchanged records' encodings from `cached(name)`. `digests` (name -> digest hex)
-    caches digests across calls for the same groups; `keep`: names whose records'
-    encodings the result keeps (ShardSet.encoded)."""
+    """Encode only the names whose records' digest is not the one `known` has for them.
+    `digests` (name -> digest hex) caches digests across calls for the same groups; `keep`:
+    names whose records' encodings the result keeps (ShardSet.encoded)."""
     out = ShardSet()
     for name, group in groups.items():
         if not group.packages and not group.conda:
@@ -152,41 +139,11 @@ def plan_shards(
         if previous is not None and previous[0] == digest:
             out.names[name] = previous
             continue
-        cache = cached(name) if cached is not None else None
-        shard = build_shard(group, cache, name in keep)
+        shard = build_shard(group, name in keep)
         out.add(name, digest, shard)
         if sink is not None:
             sink(shard.sha.hex(), shard.data)
     return out
-
-
-class RecordCache:
-    """Shards we made, as caches of their records' encodings: this run's new ones (in memory)
-    and, on a local target, the files in shards/. A shard is used only when its bytes hash to
-    its name and its record hashes are known; any doubt means encoding afresh."""
-
-    def __init__(self, storage: Storage, subdir: str, hashes: Mapping[str, bytes]) -> None:
-        self.storage, self.subdir = storage, subdir
-        self.hashes = dict(hashes)  # shard hex -> its records' hashes
-        self.files: dict[str, bytes] = {}  # shard hex -> compressed bytes of this run
-
-    def add(self, shards: ShardSet) -> None:
-        self.hashes.update(shards.hashes)
-        self.files.update(shards.new_files)
-
-    def open(self, hexdigest: str) -> CachedShard | None:
-        hashes = self.hashes.get(hexdigest)
-        if not hashes:
-            return None
-        data = self.files.get(hexdigest)
-        if data is None and self.storage.local:  # an object store: a GET each costs more
-            try:
-                data = self.storage.read(shard_path(self.subdir, hexdigest))
-            except (OSError, StorageError):
-                data = None
-        if data is None or hashlib.sha256(data).hexdigest() != hexdigest:
-            return None
-        return open_cached(data, hashes)
 
 
 class ShardStager:
@@ -198,9 +155,10 @@ class ShardStager:
         self.storage, self.subdir = storage, subdir
         self.pool: ThreadPoolExecutor | None = None
         self.pending: dict[str, Future[StagedFile]] = {}
+        self.closed = False
 
     def add(self, hexdigest: str, data: bytes) -> None:
-        if hexdigest not in self.pending:
+        if hexdigest not in self.pending and not self.closed:
             if self.pool is None:
                 self.pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="shards")
             self.pending[hexdigest] = self.pool.submit(self._write, hexdigest, data)
@@ -226,7 +184,8 @@ class ShardStager:
         return done
 
     def close(self) -> None:
-        """Wait for the writes; drop what was not committed."""
+        """Wait for the writes; drop what was not committed (and stage nothing more)."""
+        self.closed = True
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
@@ -266,7 +225,7 @@ class ShardPublisher:
         # shard files found in place: hash -> size (None: not listed, stat each new one)
         self.present: dict[str, int] | None = None
         self.in_place: set[str] = set()  # shard files this run wrote
-        self.cache = RecordCache(storage, subdir, self.state.records)
+        self._named: set[str] | None = None  # the shards the state names (see stage)
         self.stager = ShardStager(storage, subdir) if storage.local else None
 
     def _size(self, shard: str) -> int | None:
@@ -276,33 +235,26 @@ class ShardPublisher:
         return None if st is None else st[0]
 
     def plan(
-        self,
-        groups: Mapping[str, NameRecords],
-        prefer: Mapping[str, tuple[str, str, int]] | None = None,
-        final: bool = True,
-        keep: Set[str] = frozenset(),
+        self, groups: Mapping[str, NameRecords], final: bool = True, keep: Set[str] = frozenset()
     ) -> ShardSet:
-        """Shards for these groups: the names whose records changed are encoded, reusing
-        records from `prefer`'s shard of that name or else the published one. `final`: the
-        groups are the run's own (their digests are kept for later calls). `keep`: see
-        plan_shards."""
-
-        def cached(name: str) -> CachedShard | None:
-            for entries in (prefer or {}, self.published):
-                entry = entries.get(name)
-                found = self.cache.open(entry[1]) if entry is not None else None
-                if found is not None:
-                    return found
-            return None
-
+        """Shards for these groups: the names whose records changed are encoded (and staged).
+        `final`: the groups are the run's own (their digests are kept for later calls).
+        `keep`: see plan_shards."""
         digests = self.digests if final else None
-        result = plan_shards(groups, self.published, digests, cached, self.stage, keep)
-        self.cache.add(result)
-        return result
+        return plan_shards(groups, self.published, digests, self.stage, keep)
 
     def stage(self, hexdigest: str, data: bytes) -> None:
-        """A local target's new shard file, written to the staging folder now."""
-        if self.stager is not None and self._size(hexdigest) != len(data):
+        """A local target's new shard file, written to the staging folder now (unless it is
+        in place: only a shard we named or retired can be, when shards/ was not listed)."""
+        if self.stager is None:
+            return
+        if self.present is None and hexdigest not in self.retired.shards:
+            if self._named is None:
+                self._named = {shard for _, shard, _ in self.published.values()}
+            if hexdigest not in self._named:
+                self.stager.add(hexdigest, data)
+                return
+        if self._size(hexdigest) != len(data):
             self.stager.add(hexdigest, data)
 
     def publish(self, shards: ShardSet) -> bool:
@@ -369,12 +321,6 @@ class ShardPublisher:
         if not self.published and not self.retired.shards and not self.had_state:
             return
         self.state.names = dict(sorted(self.published.items()))
-        hashes = self.cache.hashes
-        self.state.records = {
-            shard: hashes[shard]
-            for shard in sorted({entry[1] for entry in self.published.values()})
-            if shard in hashes
-        }
         folder = self.storage.stat(f"{self.subdir}/{SHARDS_DIR}") if self.storage.local else None
         self.state.folder = list(folder) if folder else []
         self.storage.write_if_changed(_state_path(self.subdir), msgspec.json.encode(self.state))

@@ -13,6 +13,7 @@ import msgspec
 import orjson
 
 from condasync.channel.bigindex import Index, published_sections
+from condasync.channel.repodata import gc_paused
 from condasync.channel.shardencode import Encoded, assemble_shard
 from condasync.channel.shards import (
     SHARDS_DIR,
@@ -33,6 +34,9 @@ from condasync.models import Record
 from condasync.storage import Storage
 
 DEFAULT_GRACE = 15 * 60.0
+# The digest of an interim shard's entry: never a records digest (so never taken for one), and
+# never saved (the final index replaces the interim one before the state is written).
+INTERIM = "interim"
 
 
 class SubdirShards:
@@ -69,8 +73,9 @@ class SubdirShards:
         shards for `replace` (the files about to change under their name). Nothing is
         published; new shard files go to the staging folder."""
         if self.enabled:
-            sections = published_sections(index, published, skip, kept_removed)
-            self.prepare_sections(sections, index.removed, replace)
+            with gc_paused():  # a million new objects, none of them cyclic
+                sections = published_sections(index, published, skip, kept_removed)
+                self.prepare_sections(sections, index.removed, replace)
 
     def prepare_sections(
         self,
@@ -106,7 +111,7 @@ class SubdirShards:
 
     def _plan_partial(self, exclude: frozenset[str]) -> ShardSet:
         """Shards of the names of `exclude` without those files: made of the final shards'
-        record encodings (kept for these names), or else encoded (reusing what can be)."""
+        record encodings (kept for these names), or else encoded."""
         assert self.final is not None
         out = ShardSet()
         todo = {}
@@ -125,12 +130,12 @@ class SubdirShards:
                 continue  # no record left: no shard (as plan_shards)
             if encoded is not None and _holds(encoded, interim):
                 shard = assemble_shard(encoded, interim.removed, _filenames(encoded) - wanted)
-                out.add(name, interim.digest().hex(), shard)
+                out.add(name, INTERIM, shard)
                 self.pub.stage(shard.sha.hex(), shard.data)
             else:
                 todo[name] = interim
         if todo:
-            more = self.pub.plan(todo, self.final.names, final=False)
+            more = self.pub.plan(todo, final=False)
             out.names.update(more.names)
             out.new_files.update(more.new_files)
         return out
@@ -147,13 +152,12 @@ class SubdirShards:
             group.conda = {fn: r for fn, r in group.conda.items() if fn not in skip}
             group.hasher = None  # its records changed: hashed again from them
         keep = affected & self.final.encoded.keys()
-        redone = self.pub.plan({n: self.groups[n] for n in affected}, self.final.names, False, keep)
+        redone = self.pub.plan({n: self.groups[n] for n in affected}, False, keep)
         for name in affected:
             self.final.names.pop(name, None)
             self.final.encoded.pop(name, None)
         self.final.names.update(redone.names)
         self.final.new_files.update(redone.new_files)
-        self.final.hashes.update(redone.hashes)
         self.final.encoded.update(redone.encoded)
         if self.partial is not None and affected & self.partial.names.keys():
             self.partial = None  # made for groups that changed since
@@ -189,13 +193,18 @@ class SubdirShards:
             self.pub.remove_index()
         self.seconds += time.monotonic() - clock
 
+    def discard(self) -> None:
+        """Shard files staged but never published go (after a failed or interrupted run, and
+        after finish). Waits for the staging writes still running."""
+        if self._pub is not None and self._pub.stager is not None:
+            self._pub.stager.close()
+            self.storage.clear_staging(f"{self.subdir}/{SHARDS_DIR}")
+
     def finish(self) -> list[str]:
         """After the deletions: record state, retire strays, delete orphans that are due."""
         clock = time.monotonic()
         pub = self.pub
-        if pub.stager is not None:
-            pub.stager.close()
-            self.storage.clear_staging(f"{self.subdir}/{SHARDS_DIR}")
+        self.discard()  # before the shards folder is recorded
         if self.listed is not None:
             pub.adopt_strays(fn for fn in self.listed if is_shard_filename(fn))
         named = {shard for _, shard, _ in pub.published.values()}

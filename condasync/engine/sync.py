@@ -383,12 +383,16 @@ async def _sync_changed(
         return
     locker.ensure()
     await _before_downloads(job, storage, upstream, planned, listen)
-    done, final = await _download_and_prepare(
-        job, client, base, storage, upstream, planned, report, listen, early
-    )
-    _split_repaired(report, planned.dropped)
-    stats = await _publish(job, storage, upstream, planned, done, final, report, listen)
-    await _delete_and_save(storage, upstream, planned, done, stats, options, report, listen)
+    try:
+        done, final = await _download_and_prepare(
+            job, client, base, storage, upstream, planned, report, listen, early
+        )
+        _split_repaired(report, planned.dropped)
+        stats = await _publish(job, storage, upstream, planned, done, final, report, listen)
+        await _delete_and_save(storage, upstream, planned, done, stats, options, report, listen)
+    finally:
+        if planned.shards is not None:  # shard files staged and never published
+            await asyncio.to_thread(planned.shards.discard)
 
 
 def _plan_changes(
