@@ -155,25 +155,35 @@ class Encoded:
 
 @dataclass
 class Shard:
-    """An encoded shard: sha256 of its compressed bytes, those bytes, and its newest record
-    timestamp in ms."""
+    """An encoded shard: its msgpack and newest record timestamp in ms; compressed (see
+    `compressed`), the sha256 of its compressed bytes and those bytes."""
 
-    sha: bytes
-    data: bytes
+    raw: bytes
     newest: int
     encoded: Encoded | None = None  # with build_shard's `keep`
+    sha: bytes = b""
+    data: bytes = b""
+
+    def compressed(self) -> Shard:
+        """zstd with the frame's content size (this may run in another thread: the GIL is
+        released while it does)."""
+        if not self.data:
+            self.data = compress(self.raw)
+            self.sha = hashlib.sha256(self.data).digest()
+            self.raw = b""
+        return self
 
 
 def _finish(doc: dict[str, Any], removed: Iterable[str], newest: int) -> Shard:
     doc["removed"] = sorted(removed)
-    data = compress(shard_encoder.encode(doc))
-    return Shard(hashlib.sha256(data).digest(), data, _ms(newest))
+    return Shard(shard_encoder.encode(doc), _ms(newest))
 
 
-def build_shard(group: NameRecords, keep: bool = False) -> Shard:
+def build_shard(group: NameRecords, keep: bool = False, compressed: bool = True) -> Shard:
     """zstd of msgpack `{"packages", "packages.conda", "removed"}`, with the frame's content
-    size, keys sorted. `keep`: each record's encoding comes along (`Shard.encoded`), for
-    shards of some of the records (assemble_shard)."""
+    size, keys sorted (not yet compressed unless `compressed`). `keep`: each record's
+    encoding comes along (`Shard.encoded`), for shards of some of the records
+    (assemble_shard)."""
     doc: dict[str, Any] = {}
     encoded = Encoded({}, {}) if keep else None
     newest = 0
@@ -191,7 +201,7 @@ def build_shard(group: NameRecords, keep: bool = False) -> Shard:
         encoded.times.update(zip(ordered, map(_newest, docs), strict=True))
     shard = _finish(doc, group.removed, newest)
     shard.encoded = encoded
-    return shard
+    return shard.compressed() if compressed else shard
 
 
 def assemble_shard(encoded: Encoded, removed: Iterable[str], exclude: Set[str]) -> Shard:
@@ -203,7 +213,7 @@ def assemble_shard(encoded: Encoded, removed: Iterable[str], exclude: Set[str]) 
     }
     times = encoded.times
     newest = max((ts for fn, ts in times.items() if fn not in exclude), default=0)
-    return _finish(doc, removed, newest)
+    return _finish(doc, removed, newest).compressed()
 
 
 def encode_shard(group: NameRecords) -> tuple[bytes, bytes, int]:
