@@ -24,7 +24,8 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _SHARD_FILE = re.compile(r"^[0-9a-f]{64}\.msgpack\.zst$")
 
-_encoder = msgspec.msgpack.Encoder(order="sorted")  # sorted keys: the same name, the same bytes
+# sorted keys (records' too): the same name, the same bytes
+shard_encoder = _encoder = msgspec.msgpack.Encoder(order="sorted")
 _decoder = msgspec.msgpack.Decoder()
 
 
@@ -49,19 +50,6 @@ class NameRecords:
     packages: dict[str, bytes | msgspec.Raw] = field(default_factory=dict)
     conda: dict[str, bytes | msgspec.Raw] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
-
-    def json(self) -> bytes:
-        """`{"packages": {...}, "packages.conda": {...}}` with filenames sorted: the bytes
-        both the digest and the shard are made from."""
-        return b"".join(
-            [
-                b'{"packages":',
-                *_json_section(self.packages),
-                b',"packages.conda":',
-                *_json_section(self.conda),
-                b"}",
-            ]
-        )
 
     hasher: Any = None  # the digest so far, fed while grouping (None: computed from scratch)
 
@@ -115,54 +103,6 @@ def group_by_name(
             if found is not None:
                 found.removed.append(gone)
     return groups
-
-
-def _key(filename: str) -> bytes:
-    if '"' in filename or "\\" in filename or not filename.isprintable():
-        return msgspec.json.encode(filename) + b":"
-    return f'"{filename}":'.encode()
-
-
-def _json_section(records: Mapping[str, bytes | msgspec.Raw]) -> list[bytes | msgspec.Raw]:
-    parts: list[bytes | msgspec.Raw] = [b"{"]
-    for fn in sorted(records):
-        parts.append(_key(fn))
-        parts.append(records[fn])
-        parts.append(b",")
-    parts[-1] = b"}"  # the last comma, or the "{" of an empty map: "{}" either way
-    if len(parts) == 1:
-        parts = [b"{}"]
-    return parts
-
-
-def encode_shard(group: NameRecords, doc_json: bytes | None = None) -> tuple[bytes, bytes, int]:
-    """(sha256 of the compressed shard, the compressed shard, its newest record timestamp in
-    ms): zstd of msgpack `{"packages", "packages.conda", "removed"}`, with the frame's
-    content size, keys sorted; sha256 and md5 as bin (32 and 16 bytes), as rattler has them."""
-    doc = msgspec.json.decode(group.json() if doc_json is None else doc_json)
-    newest = 0
-    fromhex = bytes.fromhex
-    for section in (doc["packages"], doc["packages.conda"]):
-        for record in section.values():
-            if record.__class__ is not dict:
-                continue
-            for key, size in (("sha256", 32), ("md5", 16)):
-                text = record.get(key)
-                if text is not None:
-                    try:
-                        value = fromhex(text)
-                    except (TypeError, ValueError):
-                        value = b""
-                    if len(value) == size and len(text) == 2 * size:
-                        record[key] = value
-                    else:
-                        del record[key]  # never a malformed hash as text: rattler fails on it
-            ts = record.get("timestamp")
-            if ts.__class__ is int and ts > newest:
-                newest = ts
-    doc["removed"] = sorted(group.removed)
-    data = compress(_encoder.encode(doc))
-    return hashlib.sha256(data).digest(), data, newest if newest > 253402300799 else newest * 1000
 
 
 def timestamp_ms(record: Any) -> int:

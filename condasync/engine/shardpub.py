@@ -1,27 +1,28 @@
 """Publishing a subdir's shards (CEP-16) incrementally: encode only the names whose records
-changed, write new shard files before the shard index, retire shards no longer named, and
-delete retired ones once their grace period has passed. State: `.condasync/<subdir>.shards*`.
+changed, write new shard files before the shard index (staged while they are encoded, on a
+local target), retire shards no longer named, and delete retired ones once their grace period
+has passed. State: `.condasync/<subdir>.shards*`.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Mapping, Set
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 
+from condasync.channel.shardencode import Encoded, Shard, build_shard
 from condasync.channel.shards import (
     SHARD_INDEX,
     SHARDS_DIR,
     NameRecords,
     created_at,
-    encode_shard,
     encode_shard_index,
     is_shard_filename,
 )
-from condasync.storage import STATE_DIR, Storage
+from condasync.storage import STATE_DIR, StagedFile, Storage
 
 WRITE_BATCH = 256  # shard files per storage.publish call (one thread each)
 WRITE_THREADS = 2
@@ -93,23 +94,38 @@ def load_retired(storage: Storage, subdir: str) -> Retired:
 
 
 class ShardSet:
-    """The shards one index names: name -> (records digest, shard sha256), and the new files."""
+    """The shards one index names: name -> (records digest, shard sha256, newest), and the
+    new files."""
 
     def __init__(self) -> None:
         self.names: dict[str, tuple[str, str, int]] = {}
         self.new_files: dict[str, bytes] = {}  # shard hex -> compressed bytes
+        self.encoded: dict[str, Encoded] = {}  # name -> its records' encodings (`keep`)
 
     def hexes(self) -> set[str]:
         return {shard for _, shard, _ in self.names.values()}
+
+    def add(self, name: str, digest: str, shard: Shard) -> None:
+        hexdigest = shard.sha.hex()
+        self.names[name] = (digest, hexdigest, shard.newest)
+        self.new_files[hexdigest] = shard.data
+        if shard.encoded is not None:
+            self.encoded[name] = shard.encoded
+
+
+Sink = Callable[[str, bytes], None]  # each new shard file as soon as it is encoded
 
 
 def plan_shards(
     groups: Mapping[str, NameRecords],
     known: Mapping[str, tuple[str, str, int]],
     digests: dict[str, str] | None = None,
+    sink: Sink | None = None,
+    keep: Set[str] = frozenset(),
 ) -> ShardSet:
     """Encode only the names whose records' digest is not the one `known` has for them.
-    `digests` (name -> digest hex) caches digests across calls for the same groups."""
+    `digests` (name -> digest hex) caches digests across calls for the same groups; `keep`:
+    names whose records' encodings the result keeps (ShardSet.encoded)."""
     out = ShardSet()
     for name, group in groups.items():
         if not group.packages and not group.conda:
@@ -123,15 +139,65 @@ def plan_shards(
         if previous is not None and previous[0] == digest:
             out.names[name] = previous
             continue
-        sha, data, newest = encode_shard(group)
-        out.names[name] = (digest, sha.hex(), newest)
-        out.new_files[sha.hex()] = data
+        shard = build_shard(group, name in keep)
+        out.add(name, digest, shard)
+        if sink is not None:
+            sink(shard.sha.hex(), shard.data)
     return out
+
+
+class ShardStager:
+    """A local target's new shard files, written to the staging folder in background threads
+    as they are encoded (before anything is published), each renamed into shards/ when an
+    index about to name it is published. Files never committed go with the staging folder."""
+
+    def __init__(self, storage: Storage, subdir: str) -> None:
+        self.storage, self.subdir = storage, subdir
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: dict[str, Future[StagedFile]] = {}
+        self.closed = False
+
+    def add(self, hexdigest: str, data: bytes) -> None:
+        if hexdigest not in self.pending and not self.closed:
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="shards")
+            self.pending[hexdigest] = self.pool.submit(self._write, hexdigest, data)
+
+    def _write(self, hexdigest: str, data: bytes) -> StagedFile:
+        staged = self.storage.stage(shard_path(self.subdir, hexdigest))
+        try:
+            staged.write(data)
+            staged.close()
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def commit(self, hexdigests: Iterable[str]) -> int:
+        """Move these staged files into place (not yet durable: see Storage.sync)."""
+        done = 0
+        for hexdigest in sorted(hexdigests):
+            future = self.pending.pop(hexdigest, None)
+            if future is not None:
+                future.result().commit()
+                done += 1
+        return done
+
+    def close(self) -> None:
+        """Wait for the writes; drop what was not committed (and stage nothing more)."""
+        self.closed = True
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+        for future in self.pending.values():
+            if future.exception() is None:
+                future.result().discard()
+        self.pending = {}
 
 
 def write_shard_files(storage: Storage, subdir: str, files: Mapping[str, bytes]) -> int:
     """Put new shard files in place (each a complete, immutable file under its hash), a
-    batch per thread, then make them durable at once. Returns how many were written."""
+    batch per thread (not yet durable: see Storage.sync). Returns how many were written."""
     items = [(shard_path(subdir, hexdigest), data) for hexdigest, data in sorted(files.items())]
     if not items:
         return 0
@@ -139,7 +205,6 @@ def write_shard_files(storage: Storage, subdir: str, files: Mapping[str, bytes])
     threads = min(WRITE_THREADS if storage.local else S3_THREADS, len(batches))
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(storage.put_immutable, batches))
-    storage.sync()
     return len(items)
 
 
@@ -159,6 +224,9 @@ class ShardPublisher:
         self.digests: dict[str, str] = {}
         # shard files found in place: hash -> size (None: not listed, stat each new one)
         self.present: dict[str, int] | None = None
+        self.in_place: set[str] = set()  # shard files this run wrote
+        self._named: set[str] | None = None  # the shards the state names (see stage)
+        self.stager = ShardStager(storage, subdir) if storage.local else None
 
     def _size(self, shard: str) -> int | None:
         if self.present is not None:
@@ -166,18 +234,48 @@ class ShardPublisher:
         st = self.storage.stat(shard_path(self.subdir, shard))
         return None if st is None else st[0]
 
-    def plan(self, groups: Mapping[str, NameRecords]) -> ShardSet:
-        return plan_shards(groups, self.published, self.digests)
+    def plan(
+        self, groups: Mapping[str, NameRecords], final: bool = True, keep: Set[str] = frozenset()
+    ) -> ShardSet:
+        """Shards for these groups: the names whose records changed are encoded (and staged).
+        `final`: the groups are the run's own (their digests are kept for later calls).
+        `keep`: see plan_shards."""
+        digests = self.digests if final else None
+        return plan_shards(groups, self.published, digests, self.stage, keep)
+
+    def stage(self, hexdigest: str, data: bytes) -> None:
+        """A local target's new shard file, written to the staging folder now (unless it is
+        in place: only a shard we named or retired can be, when shards/ was not listed)."""
+        if self.stager is None:
+            return
+        if self.present is None and hexdigest not in self.retired.shards:
+            if self._named is None:
+                self._named = {shard for _, shard, _ in self.published.values()}
+            if hexdigest not in self._named:
+                self.stager.add(hexdigest, data)
+                return
+        if self._size(hexdigest) != len(data):
+            self.stager.add(hexdigest, data)
 
     def publish(self, shards: ShardSet) -> bool:
         """New shard files, then the shard index (unless it already names exactly these).
         Returns whether the index was written."""
+        named = shards.hexes()  # never a file no index names (nothing would retire it)
+        new = {shard: data for shard, data in shards.new_files.items() if shard in named}
+        staged = self.stager.pending.keys() & new.keys() if self.stager else set()
         todo = {  # a shard already in place under its hash is that very file
             shard: data
-            for shard, data in shards.new_files.items()
-            if self._size(shard) != len(data)
+            for shard, data in new.items()
+            if shard not in staged and shard not in self.in_place and self._size(shard) != len(data)
         }
-        self.files_written += write_shard_files(self.storage, self.subdir, todo)
+        written = write_shard_files(self.storage, self.subdir, todo)
+        if staged:
+            assert self.stager is not None
+            written += self.stager.commit(staged)
+        if written:
+            self.storage.sync()  # durable before any index names them
+        self.files_written += written
+        self.in_place.update(todo, staged)
         shards.new_files = {}
         current = self.storage.stat(index_path(self.subdir))
         if (

@@ -6,13 +6,15 @@ final one before repodata.json.zst, and strays and orphans after the deletions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import msgspec
 import orjson
 
 from condasync.channel.bigindex import Index, published_sections
+from condasync.channel.repodata import gc_paused
+from condasync.channel.shardencode import Encoded, assemble_shard
 from condasync.channel.shards import (
     SHARDS_DIR,
     NameRecords,
@@ -27,12 +29,14 @@ from condasync.engine.shardpub import (
     due,
     index_path,
     load_retired,
-    plan_shards,
 )
 from condasync.models import Record
 from condasync.storage import Storage
 
 DEFAULT_GRACE = 15 * 60.0
+# The digest of an interim shard's entry: never a records digest (so never taken for one), and
+# never saved (the final index replaces the interim one before the state is written).
+INTERIM = "interim"
 
 
 class SubdirShards:
@@ -42,11 +46,20 @@ class SubdirShards:
         self.storage, self.subdir = storage, subdir
         self.enabled, self.grace = enabled, grace
         self.started_ns = time.time_ns()
-        self.pub = ShardPublisher(storage, subdir, self.started_ns)
+        self._pub: ShardPublisher | None = None  # its state is read in a worker thread
         self.groups: dict[str, NameRecords] = {}
         self.final: ShardSet | None = None
+        # the replaced names' interim shards, made ahead for `replaced` (see publish_interim)
+        self.partial: ShardSet | None = None
+        self.replaced: frozenset[str] = frozenset()
         self.listed: dict[str, tuple[int, int]] | None = None  # shards/ when listed
         self.seconds = 0.0
+
+    @property
+    def pub(self) -> ShardPublisher:
+        if self._pub is None:
+            self._pub = ShardPublisher(self.storage, self.subdir, self.started_ns)
+        return self._pub
 
     def prepare(
         self,
@@ -54,19 +67,28 @@ class SubdirShards:
         published: set[str] | None,
         skip: set[str],
         kept_removed: dict[str, msgspec.Raw],
+        replace: Iterable[str] = (),
     ) -> None:
-        """Group the published records and encode the names that changed (no writes)."""
+        """Group the published records and encode the names that changed, and the interim
+        shards for `replace` (the files about to change under their name). Nothing is
+        published; new shard files go to the staging folder."""
         if self.enabled:
-            sections = published_sections(index, published, skip, kept_removed)
-            self.prepare_sections(sections, index.removed)
+            with gc_paused():  # a million new objects, none of them cyclic
+                sections = published_sections(index, published, skip, kept_removed)
+                self.prepare_sections(sections, index.removed, replace)
 
     def prepare_sections(
-        self, sections: Mapping[str, Mapping[str, bytes | msgspec.Raw]], removed: list[Any]
+        self,
+        sections: Mapping[str, Mapping[str, bytes | msgspec.Raw]],
+        removed: list[Any],
+        replace: Iterable[str] = (),
     ) -> None:
         clock = time.monotonic()
         folder = f"{self.subdir}/{SHARDS_DIR}"
+        self.storage.clear_staging(folder)  # a killed run's staged shards
         seen = self.storage.stat(folder) if self.storage.local else None
-        if seen is None or list(seen) != self.pub.state.folder or not self.pub.published:
+        pub = self.pub
+        if seen is None or list(seen) != pub.state.folder or not pub.published:
             # Someone else touched the shards (or an object store, with no folder mtime):
             # a shard our state names but that is gone (or truncated) is encoded again.
             self.listed = self.storage.listing(folder)
@@ -75,13 +97,48 @@ class SubdirShards:
                 for fn, st in self.listed.items()
                 if is_shard_filename(fn)
             }
-            self.pub.present = present
-            self.pub.published = {
-                name: entry for name, entry in self.pub.published.items() if entry[1] in present
+            pub.present = present
+            pub.published = {
+                name: entry for name, entry in pub.published.items() if entry[1] in present
             }
         self.groups = group_by_name(sections, removed)
-        self.final = self.pub.plan(self.groups)
+        self.replaced = frozenset(replace)
+        keep = {package_name(fn) for fn in self.replaced}  # encoded again for the interim
+        self.final = pub.plan(self.groups, keep=keep)
+        if self.replaced:
+            self.partial = self._plan_partial(self.replaced)
         self.seconds += time.monotonic() - clock
+
+    def _plan_partial(self, exclude: frozenset[str]) -> ShardSet:
+        """Shards of the names of `exclude` without those files: made of the final shards'
+        record encodings (kept for these names), or else encoded."""
+        assert self.final is not None
+        out = ShardSet()
+        todo = {}
+        for name in {package_name(fn) for fn in exclude}:
+            group = self.groups.get(name)
+            if group is None:
+                continue
+            interim = NameRecords(
+                {fn: r for fn, r in group.packages.items() if fn not in exclude},
+                {fn: r for fn, r in group.conda.items() if fn not in exclude},
+                list(group.removed),
+            )
+            wanted = interim.packages.keys() | interim.conda.keys()
+            encoded = self.final.encoded.get(name)
+            if not wanted:
+                continue  # no record left: no shard (as plan_shards)
+            if encoded is not None and _holds(encoded, interim):
+                shard = assemble_shard(encoded, interim.removed, _filenames(encoded) - wanted)
+                out.add(name, INTERIM, shard)
+                self.pub.stage(shard.sha.hex(), shard.data)
+            else:
+                todo[name] = interim
+        if todo:
+            more = self.pub.plan(todo, final=False)
+            out.names.update(more.names)
+            out.new_files.update(more.new_files)
+        return out
 
     def drop(self, skip: set[str]) -> None:
         """Leave out records whose download failed (prepare ran assuming none would)."""
@@ -94,15 +151,16 @@ class SubdirShards:
             group.packages = {fn: r for fn, r in group.packages.items() if fn not in skip}
             group.conda = {fn: r for fn, r in group.conda.items() if fn not in skip}
             group.hasher = None  # its records changed: hashed again from them
-        redone = plan_shards({n: self.groups[n] for n in affected}, self.pub.published)
-        stale = {self.final.names[n][1] for n in affected if n in self.final.names}
+        keep = affected & self.final.encoded.keys()
+        redone = self.pub.plan({n: self.groups[n] for n in affected}, False, keep)
         for name in affected:
             self.final.names.pop(name, None)
+            self.final.encoded.pop(name, None)
         self.final.names.update(redone.names)
-        still = {shard for _, shard, _ in self.final.names.values()}
-        for shard in stale - still:
-            self.final.new_files.pop(shard, None)
         self.final.new_files.update(redone.new_files)
+        self.final.encoded.update(redone.encoded)
+        if self.partial is not None and affected & self.partial.names.keys():
+            self.partial = None  # made for groups that changed since
         self.seconds += time.monotonic() - clock
 
     def publish_interim(self, exclude: set[str]) -> None:
@@ -111,23 +169,15 @@ class SubdirShards:
         if self.final is None or not exclude:
             return
         clock = time.monotonic()
+        if self.partial is None or exclude != self.replaced:
+            self.replaced = frozenset(exclude)
+            self.partial = self._plan_partial(self.replaced)
+        partial = self.partial
         affected = {package_name(fn) for fn in exclude}
-        interim_groups = {}
-        for name in affected:
-            group = self.groups.get(name)
-            if group is None:
-                continue
-            interim_groups[name] = NameRecords(
-                {fn: r for fn, r in group.packages.items() if fn not in exclude},
-                {fn: r for fn, r in group.conda.items() if fn not in exclude},
-                list(group.removed),
-            )
-        partial = plan_shards(interim_groups, self.pub.published)
         interim = ShardSet()
         interim.names = {n: e for n, e in self.final.names.items() if n not in affected}
         interim.names.update(partial.names)
         interim.new_files = {**self.final.new_files, **partial.new_files}
-        self.final.new_files = {}
         self.pub.publish(interim)
         self.seconds += time.monotonic() - clock
 
@@ -143,22 +193,43 @@ class SubdirShards:
             self.pub.remove_index()
         self.seconds += time.monotonic() - clock
 
+    def discard(self) -> None:
+        """Shard files staged but never published go (after a failed or interrupted run, and
+        after finish). Waits for the staging writes still running."""
+        if self._pub is not None and self._pub.stager is not None:
+            self._pub.stager.close()
+            self.storage.clear_staging(f"{self.subdir}/{SHARDS_DIR}")
+
     def finish(self) -> list[str]:
         """After the deletions: record state, retire strays, delete orphans that are due."""
         clock = time.monotonic()
+        pub = self.pub
+        self.discard()  # before the shards folder is recorded
         if self.listed is not None:
-            self.pub.adopt_strays(fn for fn in self.listed if is_shard_filename(fn))
-        named = {shard for _, shard, _ in self.pub.published.values()}
+            pub.adopt_strays(fn for fn in self.listed if is_shard_filename(fn))
+        named = {shard for _, shard, _ in pub.published.values()}
         deleted = collect_orphans(
-            self.storage, self.subdir, self.grace, self.started_ns, self.pub.retired, named
+            self.storage, self.subdir, self.grace, self.started_ns, pub.retired, named
         )
-        self.pub.save()  # last: it records the shards folder as this run leaves it
+        pub.save()  # last: it records the shards folder as this run leaves it
         self.seconds += time.monotonic() - clock
         return deleted
 
     @property
     def files_written(self) -> int:
-        return self.pub.files_written
+        return self._pub.files_written if self._pub is not None else 0
+
+
+def _filenames(encoded: Encoded) -> set[str]:
+    return {fn for records in encoded.sections.values() for fn in records}
+
+
+def _holds(encoded: Encoded, group: NameRecords) -> bool:
+    """Whether `encoded` has a record for each of the group's (in its section)."""
+    sections = encoded.sections
+    return group.packages.keys() <= sections.get("packages", {}).keys() and (
+        group.conda.keys() <= sections.get("packages.conda", {}).keys()
+    )
 
 
 def publish_index_shards(

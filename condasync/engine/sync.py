@@ -372,10 +372,14 @@ async def _sync_changed(
         return
     run.locker.ensure()
     await _before_downloads(run, upstream, planned)
-    done, final = await _download_and_prepare(run, upstream, planned, report, early)
-    _split_repaired(report, planned.dropped)
-    stats = await _publish(run, upstream, planned, done, final, report)
-    await _delete_and_save(run, upstream, planned, done, stats, report)
+    try:
+        done, final = await _download_and_prepare(run, upstream, planned, report, early)
+        _split_repaired(report, planned.dropped)
+        stats = await _publish(run, upstream, planned, done, final, report)
+        await _delete_and_save(run, upstream, planned, done, stats, report)
+    finally:
+        if planned.shards is not None:  # shard files staged and never published
+            await asyncio.to_thread(planned.shards.discard)
 
 
 def _plan_changes(run: _Run, upstream: Upstream, report: SubdirReport) -> _Planned:
@@ -489,8 +493,10 @@ async def _download_and_prepare(
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
     shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
-    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded meanwhile too (no writes)
-        asyncio.to_thread(shards.prepare, index, planned.published, set(), planned.kept_removed)
+    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded (and staged) meanwhile too
+        asyncio.to_thread(
+            shards.prepare, index, planned.published, set(), planned.kept_removed, plan.replace
+        )
     )
     try:
         done, staged = await download_all(

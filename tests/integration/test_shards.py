@@ -33,7 +33,7 @@ from tests.shard_support import (
 
 def shard_files(root: Path, subdir: str) -> set[str]:
     folder = root / subdir / "shards"
-    return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    return {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
 
 
 def test_rattler_installs_through_shards_only(
@@ -310,3 +310,97 @@ def test_a_damaged_shard_index_is_rewritten_by_the_next_run(channel_server, mirr
     ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
     assert path.read_bytes() == good
     assert ok(run_cli("verify", str(mirror_dir))).returncode == 0
+
+
+def _sections(names: dict[str, int], patch: str = "") -> dict[str, dict[str, bytes]]:
+    """Records for `names` (name -> how many), as the raw JSON a mirror run groups."""
+    out: dict[str, dict[str, bytes]] = {"packages": {}, "packages.conda": {}}
+    for name, count in names.items():
+        for i in range(count):
+            fn = f"{name}-{i}.0-h{i}_0.conda"
+            doc = {"name": name, "version": f"{i}.0", "build": f"h{i}_0", "build_number": 0,
+                   "size": 10 + i, "sha256": f"{i:064x}", "md5": f"{i:032x}",
+                   "depends": [patch] if patch else [], "timestamp": 1700000000000 + i}  # fmt: skip
+            out["packages.conda"][fn] = json.dumps(doc).encode()
+    return out
+
+
+def _fresh(sections: dict[str, dict[str, bytes]], name: str, leave_out: set[str]) -> bytes:
+    from condasync.channel.shardencode import build_shard
+    from condasync.channel.shards import NameRecords
+
+    records = {
+        fn: raw
+        for fn, raw in sections["packages.conda"].items()
+        if fn.startswith(f"{name}-") and fn not in leave_out
+    }
+    return build_shard(NameRecords({}, records)).data
+
+
+def test_staged_shards_are_published_in_order_and_interim_ones_match(tmp_path: Path) -> None:
+    """New shard files wait in the staging folder until an index about to name them is
+    published; the interim shards (without the files about to be replaced, nor those whose
+    download failed) are byte for byte a fresh encoding of their records."""
+    import hashlib
+
+    from condasync.engine.shardsync import SubdirShards
+    from condasync.storage import open_storage
+
+    storage = open_storage(str(tmp_path))
+    first = _sections({"alpha": 3, "beta": 4, "gamma": 2})
+    run = SubdirShards(storage, "noarch", True, 0.0)
+    run.prepare_sections(first, [])
+    run.publish_final()
+    run.finish()
+    before = shard_files(tmp_path, "noarch")
+    assert len(before) == 3 and not (tmp_path / "noarch/shards/.condasync-tmp").exists()
+
+    second = _sections({"alpha": 3, "beta": 5, "gamma": 2}, patch="x >=1")  # all three change
+    replaced = {"beta-1.0-h1_0.conda", "beta-2.0-h2_0.conda", "alpha-0.0-h0_0.conda"}
+    run = SubdirShards(storage, "noarch", True, 0.0)
+    run.prepare_sections(second, [], replaced)
+    assert run.pub.stager is not None
+    for future in run.pub.stager.pending.values():
+        future.result()  # written (in background threads)
+    assert shard_files(tmp_path, "noarch") == before  # staged, not yet in place
+    staged = list((tmp_path / "noarch/shards/.condasync-tmp").iterdir())
+    assert len(staged) == 5  # 3 final shards, 2 interim ones (alpha, beta)
+    failed = {"beta-2.0-h2_0.conda", "beta-4.0-h4_0.conda"}  # a replacement and an addition
+    run.drop(failed)
+    run.publish_interim(replaced - failed)
+    interim = read_index(tmp_path, "noarch")["shards"]
+    for name in ("alpha", "beta"):
+        data = (tmp_path / f"noarch/shards/{interim[name].hex()}.msgpack.zst").read_bytes()
+        assert hashlib.sha256(data).digest() == interim[name]
+        assert data == _fresh(second, name, replaced | failed)
+    gamma = (tmp_path / f"noarch/shards/{interim['gamma'].hex()}.msgpack.zst").read_bytes()
+    assert gamma == _fresh(second, "gamma", set())  # not replaced: its final shard already
+    run.publish_final()
+    final = read_index(tmp_path, "noarch")["shards"]
+    beta = (tmp_path / f"noarch/shards/{final['beta'].hex()}.msgpack.zst").read_bytes()
+    assert beta == _fresh(second, "beta", failed)
+    run.finish()
+    assert not (tmp_path / "noarch/shards/.condasync-tmp").exists()
+    named = {f"{d.hex()}.msgpack.zst" for d in final.values()}
+    # the interim shards and the first run's are retired, nothing else is left unnamed
+    retired = json.loads((tmp_path / ".condasync/noarch.shards-retired.json").read_bytes())
+    assert shard_files(tmp_path, "noarch") - named == {
+        f"{h}.msgpack.zst" for h in retired["shards"]
+    }
+
+
+def test_a_killed_runs_staged_shards_are_cleared(tmp_path: Path) -> None:
+    from condasync.engine.shardsync import SubdirShards
+    from condasync.storage import open_storage
+
+    storage = open_storage(str(tmp_path))
+    staging = tmp_path / "noarch/shards/.condasync-tmp"
+    staging.mkdir(parents=True)
+    (staging / f"{'ab' * 32}.msgpack.zst.killed.1").write_bytes(b"half a shard")
+    run = SubdirShards(storage, "noarch", True, 0.0)
+    run.prepare_sections(_sections({"alpha": 2}), [])
+    run.publish_final()
+    run.finish()
+    assert not staging.exists()
+    (name,) = shard_files(tmp_path, "noarch")
+    assert name == f"{read_index(tmp_path, 'noarch')['shards']['alpha'].hex()}.msgpack.zst"

@@ -9,12 +9,12 @@ import msgspec
 import pytest
 import zstandard
 
+from condasync.channel.shardencode import encode_shard
 from condasync.channel.shards import (
     NameRecords,
     created_at,
     decode_shard,
     decode_shard_index,
-    encode_shard,
     encode_shard_index,
     group_by_name,
     rewrite_index_urls,
