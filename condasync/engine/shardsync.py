@@ -195,7 +195,7 @@ class SubdirShards:
 
     def discard(self) -> None:
         """Shard files staged but never published go (after a failed or interrupted run, and
-        after finish). Waits for the staging writes still running."""
+        after finish)."""
         if self._pub is not None and self._pub.stager is not None:
             self._pub.stager.close()
             self.storage.clear_staging(f"{self.subdir}/{SHARDS_DIR}")
