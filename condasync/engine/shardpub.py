@@ -169,7 +169,7 @@ class ShardStager:
             return
         if self.bulk:
             if self.pool is None:
-                self.pool = ThreadPoolExecutor(1, thread_name_prefix="shards")
+                self.pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="shards")
             self.pending[hexdigest] = self.pool.submit(self._write, hexdigest, data, check)
             return
         done: Future[StagedFile | None] = Future()
