@@ -8,7 +8,8 @@ served by nginx through benchmarks/server.py):
   3. a no-op run of each;
   4. REPEATS 1% changes (upstream flips between its "current" and "next" versions), each
      synced on both mirrors, alternating which goes first.
-Reported: wall time, the engine's `shards` phase, shard files written, peak RSS.
+Reported: wall time, CPU time (user + system), the engine's `shards` phase, shard files
+written, peak RSS.
 
 Part "client" (py-rattler 0.28 in a child process, a fresh cache each run): solve
 `dependent _r-mutex` (the test channel's noarch, mirrored with shards) for linux-64 against a
@@ -46,8 +47,9 @@ REPO = HERE.parent
 REAL = REPO / "tests" / "data" / "real-channel"
 
 
-def condasync(*args: str) -> tuple[float, dict[str, Any], int]:
-    """(wall seconds, JSON report, peak RSS MiB of the child) of one CLI run."""
+def condasync(*args: str) -> tuple[float, dict[str, Any], int, float]:
+    """(wall seconds, JSON report, peak RSS MiB, CPU seconds (user + system)) of one CLI run:
+    CPU time is less at the mercy of other load on a shared host than wall time."""
     with tempfile.TemporaryFile() as err:
         started = time.monotonic()
         proc = subprocess.Popen(
@@ -65,17 +67,18 @@ def condasync(*args: str) -> tuple[float, dict[str, Any], int]:
             raise RuntimeError(
                 f"condasync {args} failed ({proc.returncode}): {err.read()[-2000:]!r}"
             )
-    return wall, json.loads(stdout), usage.ru_maxrss // 1024
+    return wall, json.loads(stdout), usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
 
 
 def sync(url: str, target: Path, shards: bool) -> dict[str, Any]:
     args = ["mirror", url, str(target), "-s", "linux-64", "-j", "16"]
     if not shards:
         args.append("--no-shards")
-    wall, report, rss = condasync(*args)
+    wall, report, rss, cpu = condasync(*args)
     sub = report["subdirs"]["linux-64"]
     return {
         "wall": round(wall, 2),
+        "cpu_s": round(cpu, 2),
         "shards_s": sub["timings"].get("shards", 0.0),
         "written": sub["shards"].get("written", 0),
         "deleted": sub["shards"].get("deleted", 0),
@@ -108,12 +111,15 @@ def part_write(args: argparse.Namespace, work: Path, url: str) -> dict[str, Any]
         for shards, target in order:
             row["shards" if shards else "no_shards"] = sync(url, target, shards)
         row["delta"] = round(row["shards"]["wall"] - row["no_shards"]["wall"], 2)
+        row["cpu_delta"] = round(row["shards"]["cpu_s"] - row["no_shards"]["cpu_s"], 2)
         with_, without = row["shards"], row["no_shards"]
         print(f"1% change {i + 1}: {without['wall']} s without, {with_['wall']} s with"
-              f" ({with_['written']} shards)", flush=True)  # fmt: skip
+              f" ({with_['written']} shards); CPU {without['cpu_s']} s without,"
+              f" {with_['cpu_s']} s with", flush=True)  # fmt: skip
         changes.append(row)
     out["change_1pct"] = changes
     out["change_1pct_median_delta"] = statistics.median(r["delta"] for r in changes)
+    out["change_1pct_median_cpu_delta"] = statistics.median(r["cpu_delta"] for r in changes)
     return out
 
 
