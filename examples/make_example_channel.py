@@ -67,9 +67,12 @@ class Package:
     formats: tuple[str, ...] = (".conda",)
     executable: bool = False
     extra_index: dict[str, Any] = field(default_factory=dict)
+    build_string: str = ""  # given, instead of the one made from the name and version
 
     @property
     def build(self) -> str:
+        if self.build_string:
+            return self.build_string
         if self.subdir == "noarch":
             return str(self.build_number)
         digest = hashlib.sha1(f"{self.name}-{self.version}".encode()).hexdigest()[:8]

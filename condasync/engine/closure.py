@@ -168,7 +168,7 @@ async def select_closure(
             body = await refetch(u)
             held.new_bodies[u.subdir] = body
         held.bodies[u.subdir] = body
-        indexes[u.subdir] = await asyncio.to_thread(parse_index, body, u.subdir, None, True)
+        indexes[u.subdir] = await asyncio.to_thread(parse_index, body, u.subdir, lazy=True)
     work = _Work(indexes, report=_empty_report())
     work.report["timings"]["indexes"] = round(time.monotonic() - clock, 3)
     mismatch = _apply_locks(job, work, listen, now)
@@ -521,7 +521,7 @@ def apply_selection(
         if u.repodata is not None or u.selection == set(previous.subdirs.get(u.subdir, {})):
             continue
         body = result.bodies[u.subdir]
-        u.repodata = parse_index(body, u.subdir, None, True)
+        u.repodata = parse_index(body, u.subdir, lazy=True)
         u.fetched.body = body
         if u.meta is not None:
             u.fetched.source = u.fetched.source or u.meta.source

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -102,15 +103,17 @@ def _exact_name(spec: MatchSpec) -> str | None:
     return None if name is None else str(name.normalized)
 
 
-def include_names(filters: Filters) -> set[str] | None:
+@functools.cache
+def include_names(filters: Filters) -> frozenset[str] | None:
     """The package names the includes can match, when every include names one; else None.
 
-    Lets the engine look only at those records (by filename) before decoding any.
+    Lets the engine look only at those records (by filename) before decoding any: asked once
+    when each subdir's index is parsed and again when it is planned, so it is kept.
     """
     if not filters.include:
         return None
     names = [_exact_name(compile_spec(text)) for text in filters.include]
-    return None if any(n is None for n in names) else {n for n in names if n is not None}
+    return None if any(n is None for n in names) else frozenset(n for n in names if n is not None)
 
 
 class _Matcher:

@@ -187,7 +187,7 @@ async def fetch_upstream(
         if lazy:  # a selection is never published as upstream's own .zst: free it now
             fetched.zst = None
         names = None if lazy else include_names(job.filters)
-        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir, names, lazy)
+        repodata = await asyncio.to_thread(parse_index, fetched.body, subdir, names, lazy=lazy)
     except ValueError as exc:
         raise UpstreamError(f"invalid upstream repodata: {exc}") from None
     # the records are views into the decompressed body: keeping it (to publish as is) is free
