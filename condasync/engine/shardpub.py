@@ -243,7 +243,7 @@ class ShardPublisher:
         self.started_ns = started_ns or time.time_ns()
         self.files_written = 0
         self.digests: dict[str, str] = {}
-        # shard files found in place: hash -> size (None: not listed, stat each new one)
+        # shard files found in place: hash -> size (None: not listed; see stage)
         self.present: dict[str, int] | None = None
         self.in_place: set[str] = set()  # shard files this run wrote
         self._named: set[str] | None = None  # the shards the state names (see stage)
