@@ -147,34 +147,40 @@ def plan_shards(
 
 
 class ShardStager:
-    """A local target's new shard files, written to the staging folder as they are encoded,
-    before anything is published, each renamed into shards/ when an index about to name it is
-    published. Files never committed go with the staging folder.
+    """A local target's new shard files, written to the staging folder before anything is
+    published (during the downloads), each renamed into shards/ when an index about to name
+    it is published. Files never committed go with the staging folder.
 
-    A few files are written in the encoding thread: a second thread would pass the GIL back
-    and forth with it (and with the downloads) at every system call, which costs more than the
-    writes. A bulk write (most names new: a first write) is different: creating 25,000 files
-    takes the kernel seconds, which a writer thread overlaps with the encoding."""
+    Writer threads pass the GIL back and forth with the encoding thread at every system call,
+    so a few files are queued and written once the encoding is done (`start`). A bulk write
+    (most names new: a first write) is written while it is encoded: creating 25,000 files
+    takes the kernel seconds, which the writers then overlap with the encoding."""
 
     def __init__(self, storage: Storage, subdir: str) -> None:
         self.storage, self.subdir = storage, subdir
         self.pending: dict[str, Future[StagedFile | None]] = {}  # None: the file was in place
+        self.queued: dict[str, tuple[bytes, bool]] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.bulk = False
         self.closed = False
 
     def add(self, hexdigest: str, data: bytes, check: bool = False) -> None:
         """Stage this shard file; `check`: unless a file of its size is in place already."""
-        if hexdigest in self.pending or self.closed:
+        if hexdigest in self.pending or hexdigest in self.queued or self.closed:
             return
+        self.queued[hexdigest] = (data, check)
         if self.bulk:
-            if self.pool is None:
-                self.pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="shards")
-            self.pending[hexdigest] = self.pool.submit(self._write, hexdigest, data, check)
+            self.start()
+
+    def start(self) -> None:
+        """Write what is queued, in the writer threads."""
+        if not self.queued or self.closed:
             return
-        done: Future[StagedFile | None] = Future()
-        done.set_result(self._write(hexdigest, data, check))
-        self.pending[hexdigest] = done
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="shards")
+        for hexdigest, (data, check) in self.queued.items():
+            self.pending[hexdigest] = self.pool.submit(self._write, hexdigest, data, check)
+        self.queued = {}
 
     def _write(self, hexdigest: str, data: bytes, check: bool) -> StagedFile | None:
         relpath = shard_path(self.subdir, hexdigest)
@@ -194,6 +200,7 @@ class ShardStager:
     def commit(self, hexdigests: Iterable[str]) -> int:
         """Move these staged files into place (not yet durable: see Storage.sync); returns
         how many were written (the others were in place)."""
+        self.start()
         done = 0
         for hexdigest in sorted(hexdigests):
             future = self.pending.pop(hexdigest, None)
@@ -206,6 +213,7 @@ class ShardStager:
     def close(self) -> None:
         """Wait for the writes; drop what was not committed (and stage nothing more)."""
         self.closed = True
+        self.queued = {}
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None
@@ -243,7 +251,7 @@ class ShardPublisher:
         self.started_ns = started_ns or time.time_ns()
         self.files_written = 0
         self.digests: dict[str, str] = {}
-        # shard files found in place: hash -> size (None: not listed, stat each new one)
+        # shard files found in place: hash -> size (None: not listed; see stage)
         self.present: dict[str, int] | None = None
         self.in_place: set[str] = set()  # shard files this run wrote
         self._named: set[str] | None = None  # the shards the state names (see stage)
@@ -287,6 +295,8 @@ class ShardPublisher:
         Returns whether the index was written."""
         named = shards.hexes()  # never a file no index names (nothing would retire it)
         new = {shard: data for shard, data in shards.new_files.items() if shard in named}
+        if self.stager is not None:
+            self.stager.start()
         staged = self.stager.pending.keys() & new.keys() if self.stager else set()
         todo = {  # a shard already in place under its hash is that very file
             shard: data

@@ -107,6 +107,8 @@ class SubdirShards:
         self.final = pub.plan(self.groups, keep=keep)
         if self.replaced:
             self.partial = self._plan_partial(self.replaced)
+        if pub.stager is not None:
+            pub.stager.start()  # the new files are written while the downloads finish
         self.seconds += time.monotonic() - clock
 
     def _plan_partial(self, exclude: frozenset[str]) -> ShardSet:

@@ -359,6 +359,9 @@ def test_staged_shards_are_published_in_order_and_interim_ones_match(tmp_path: P
     replaced = {"beta-1.0-h1_0.conda", "beta-2.0-h2_0.conda", "alpha-0.0-h0_0.conda"}
     run = SubdirShards(storage, "noarch", True, 0.0)
     run.prepare_sections(second, [], replaced)
+    assert run.pub.stager is not None
+    for future in run.pub.stager.pending.values():
+        future.result()  # written by the writer threads
     assert shard_files(tmp_path, "noarch") == before  # staged, not yet in place
     staged = list((tmp_path / "noarch/shards/.condasync-tmp").iterdir())
     assert len(staged) == 5  # 3 final shards, 2 interim ones (alpha, beta)
