@@ -1,0 +1,130 @@
+"""Issue 14, points the main closure tests leave open: a --with-deps record whose dependencies
+do not solve is reported under `unsolvable` and is not fatal; noarch is the union over the
+platforms' solves; --keep-unselected keeps for its duration, then prunes; --dry-run on an
+existing mirror writes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CliResult, assert_consistent, disk_packages, ok
+from tests.integration.test_mirror_closure import (  # noqa: F401
+    APP09_LINUX,
+    APP10_LINUX,
+    NOARCH,
+    built_channel,
+    mirror,
+    records,
+    up_server,
+    upstream,
+    write_pixi_lock,
+)
+from tests.servers import ChannelServer
+
+
+def patch_depends(root: Path, subdir: str, filename: str, depends: list[str]) -> None:
+    """Upstream hotfixes a record's depends (the package file is unchanged)."""
+    path = root / subdir / "repodata.json"
+    doc = json.loads(path.read_text())
+    doc["packages.conda"][filename]["depends"] = depends
+    path.write_text(json.dumps(doc))
+
+
+def snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_with_deps_record_that_does_not_solve_is_reported_not_fatal(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    patch_depends(upstream, "linux-64", "other-big-1.0-h0.conda", ["does-not-exist >=1"])
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, "--include", "other-big",
+                       "--include", "app 0.9", "--with-deps", "-s", "linux-64"))  # fmt: skip
+    closure = result.json()["closure"]
+    assert [(u["subdir"], u["filename"]) for u in closure["unsolvable"]] == [
+        ("linux-64", "other-big-1.0-h0.conda")
+    ]
+    assert "does-not-exist" in closure["unsolvable"][0]["error"]
+    assert "other-big-1.0-h0.conda" in result.stderr and "warning" in result.stderr
+    # the rest of the selection still gets its dependencies
+    assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX | {"other-big-1.0-h0.conda"}
+    assert disk_packages(mirror_dir, "noarch") == NOARCH
+    assert_consistent(mirror_dir)
+
+
+def test_noarch_is_the_union_over_the_platforms(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    # osx-arm64's app needs a noarch package that linux-64's does not, and the reverse
+    patch_depends(upstream, "osx-arm64", "app-1.0-h0.conda", ["libz >=1.3", "unused-noarch"])
+    args = ("--solve", "app", "--keep-unselected", "0", "--max-delete", "100")
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    union = NOARCH | {"unused-noarch-1.0-0.conda"}
+    assert disk_packages(mirror_dir, "noarch") == union
+    assert set(records(mirror_dir, "noarch")) == union
+    assert result.json()["closure"]["selected"]["noarch"]["total"] == 3
+    # upstream changes in linux-64 only: its re-solve prunes nothing osx-arm64 still needs
+    patch_depends(upstream, "linux-64", "libz-1.3-h0.conda", ["libc-shim >=1"])
+    again = ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    assert again.json()["unchanged"] is False
+    assert disk_packages(mirror_dir, "noarch") == union
+    assert set(records(mirror_dir, "noarch")) == union
+    assert_consistent(mirror_dir)
+
+
+def test_keep_unselected_keeps_for_its_duration_then_prunes(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    lock = tmp_path / "pixi.lock"
+    write_pixi_lock(upstream, up_server.url, lock, "linux-64=app <1")
+    args = ("--lock", lock, "-s", "linux-64", "--max-delete", "100", "--keep-unselected", "1m")
+    ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    write_pixi_lock(upstream, up_server.url, lock, "linux-64=app >=1")
+    ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX | APP10_LINUX
+    # two minutes later (the saved selection aged): the same inputs, upstream unchanged
+    path = mirror_dir / ".condasync" / "closure" / "selection.json"
+    state: dict[str, Any] = json.loads(path.read_text())
+    for files in state["subdirs"].values():
+        for fn in files:
+            files[fn] -= 120_000
+    state["expires_ms"] -= 120_000
+    path.write_text(json.dumps(state))
+    pruned = ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    assert set(pruned.json()["deleted"]) == {"app-0.9-h0.conda", "libz-1.2-h0.conda"}
+    assert disk_packages(mirror_dir, "linux-64") == APP10_LINUX
+    assert set(records(mirror_dir, "linux-64")) == APP10_LINUX
+    assert_consistent(mirror_dir)
+
+
+def test_dry_run_on_an_existing_mirror_writes_nothing(
+    run_cli: Callable[..., CliResult],
+    up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:
+    ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app <1", "--platform", "linux-64"))
+    before = snapshot(mirror_dir)
+    changed = ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app >=1", "--dry-run",
+                        "--keep-unselected", "0", "--max-delete", "100"))  # fmt: skip
+    linux = changed.json()["subdirs"]["linux-64"]
+    assert set(linux["added"]) == {"app-1.0-h0.conda", "libz-1.3-h0.conda"}
+    assert set(linux["deleted"]) == {"app-0.9-h0.conda", "libz-1.2-h0.conda"}
+    assert snapshot(mirror_dir) == before
+    ok(mirror(run_cli, up_server.url, mirror_dir, "--include", "torchy", "--with-deps",
+              "--dry-run"))  # fmt: skip
+    assert snapshot(mirror_dir) == before
+    # and the real run afterwards still sees the change (the dry runs saved nothing)
+    real = ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app >=1", "--keep-unselected",
+                     "0", "--max-delete", "100"))  # fmt: skip
+    assert set(real.json()["subdirs"]["linux-64"]["added"]) == set(linux["added"])
+    assert disk_packages(mirror_dir, "linux-64") == APP10_LINUX
