@@ -404,3 +404,22 @@ def test_a_killed_runs_staged_shards_are_cleared(tmp_path: Path) -> None:
     assert not staging.exists()
     (name,) = shard_files(tmp_path, "noarch")
     assert name == f"{read_index(tmp_path, 'noarch')['shards']['alpha'].hex()}.msgpack.zst"
+
+
+def test_verify_finds_a_shard_whose_records_differ_from_repodata(
+    channel_server, mirror_dir, run_cli
+):
+    """A shard that hashes to its name but no longer holds repodata.json's records for its
+    name (here repodata.json and its .zst patched behind the mirror's back): exit 4."""
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    path = mirror_dir / "noarch" / "repodata.json"
+    doc = json.loads(path.read_bytes())
+    doc["packages.conda"]["dependent-2.0-0.conda"]["depends"] = ["patched"]
+    data = json.dumps(doc).encode()
+    path.write_bytes(data)
+    (mirror_dir / "noarch" / "repodata.json.zst").write_bytes(zstandard.compress(data))
+    result = run_cli("verify", str(mirror_dir), "--json")
+    assert result.returncode == 4, str(result)
+    problems = result.json()["problems"]
+    assert [(p["subdir"], p["kind"]) for p in problems] == [("noarch", "shard-records")]
+    assert "dependent-2.0-0.conda" in problems[0]["detail"]
