@@ -1,7 +1,7 @@
 """Issue 14, points the main closure tests leave open: a --with-deps record whose dependencies
 do not solve is reported under `unsolvable` and is not fatal; noarch is the union over the
 platforms' solves; --keep-unselected keeps for its duration, then prunes; --dry-run on an
-existing mirror writes nothing."""
+existing mirror writes nothing; --exclude-newer lets the solver use records without a timestamp."""
 
 from __future__ import annotations
 
@@ -128,3 +128,17 @@ def test_dry_run_on_an_existing_mirror_writes_nothing(
                      "0", "--max-delete", "100"))  # fmt: skip
     assert set(real.json()["subdirs"]["linux-64"]["added"]) == set(linux["added"])
     assert disk_packages(mirror_dir, "linux-64") == APP10_LINUX
+
+
+def test_exclude_newer_allows_records_without_a_timestamp(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    path = upstream / "linux-64" / "repodata.json"
+    doc = json.loads(path.read_text())
+    del doc["packages.conda"]["libc-shim-1.0-h0.conda"]["timestamp"]
+    path.write_text(json.dumps(doc))
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app", "--platform",
+                       "linux-64", "--exclude-newer", "2024-06-01T13:00:00"))  # fmt: skip
+    assert result.json()["closure"]["solves"][0]["records"] == 5
+    assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX
