@@ -1,7 +1,8 @@
 """Issue 14, points the main closure tests leave open: a --with-deps record whose dependencies
 do not solve is reported under `unsolvable` and is not fatal; noarch is the union over the
 platforms' solves; --keep-unselected keeps for its duration, then prunes; --dry-run on an
-existing mirror writes nothing; --exclude-newer lets the solver use records without a timestamp."""
+existing mirror writes nothing; --exclude-newer lets the solver use records without a timestamp;
+unchanged subdirs' indexes are kept under DIR/.condasync/closure/, not fetched again."""
 
 from __future__ import annotations
 
@@ -142,3 +143,22 @@ def test_exclude_newer_allows_records_without_a_timestamp(
                        "linux-64", "--exclude-newer", "2024-06-01T13:00:00"))  # fmt: skip
     assert result.json()["closure"]["solves"][0]["records"] == 5
     assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX
+
+
+def test_unchanged_subdirs_indexes_are_kept_not_fetched_again(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app"))
+    kept = mirror_dir / ".condasync" / "closure"
+    assert {p.name for p in kept.glob("*.repodata.json")} == {
+        f"{s}.repodata.json" for s in ("linux-64", "osx-arm64", "noarch")
+    }
+    up_server.clear_log()
+    patch_depends(upstream, "linux-64", "libz-1.3-h0.conda", ["libc-shim >=1"])
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app"))
+    # every platform was solved again, but only linux-64's index was downloaded again
+    assert [s["records"] for s in result.json()["closure"]["solves"]] == [5, 5]
+    gets = [r for r in up_server.log() if r.method == "GET" and "repodata" in r.path]
+    bodies = {r.path for r in gets if r.status == 200}
+    assert bodies == {"/linux-64/repodata.json"}, bodies
