@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CliResult, assert_consistent, disk_packages, ok
+from tests.conftest import CliResult, assert_consistent, disk_packages, index_records, ok
 from tests.integration.test_mirror_closure import (  # noqa: F401
     APP09_LINUX,
     APP10_LINUX,
@@ -24,6 +24,16 @@ from tests.integration.test_mirror_closure import (  # noqa: F401
     write_pixi_lock,
 )
 from tests.servers import ChannelServer
+from tests.shard_support import shard_problems, shard_records
+
+
+def assert_shards_match(root: Path) -> None:
+    """The shards hold exactly the published repodata.json's records (closure selection and
+    kept records included)."""
+    for subdir in ("linux-64", "osx-arm64", "noarch"):
+        if (root / subdir / "repodata.json").exists():
+            assert shard_records(root, subdir) == index_records(root, subdir), subdir
+    assert not shard_problems(root)
 
 
 def patch_depends(root: Path, subdir: str, filename: str, depends: list[str]) -> None:
@@ -80,6 +90,7 @@ def test_noarch_is_the_union_over_the_platforms(
     assert disk_packages(mirror_dir, "noarch") == union
     assert set(records(mirror_dir, "noarch")) == union
     assert_consistent(mirror_dir)
+    assert_shards_match(mirror_dir)
 
 
 def test_keep_unselected_keeps_for_its_duration_then_prunes(
@@ -93,6 +104,7 @@ def test_keep_unselected_keeps_for_its_duration_then_prunes(
     write_pixi_lock(upstream, up_server.url, lock, "linux-64=app >=1")
     ok(mirror(run_cli, up_server.url, mirror_dir, *args))
     assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX | APP10_LINUX
+    assert_shards_match(mirror_dir)
     # two minutes later (the saved selection aged): the same inputs, upstream unchanged
     path = mirror_dir / ".condasync" / "closure" / "selection.json"
     state: dict[str, Any] = json.loads(path.read_text())
@@ -106,6 +118,7 @@ def test_keep_unselected_keeps_for_its_duration_then_prunes(
     assert disk_packages(mirror_dir, "linux-64") == APP10_LINUX
     assert set(records(mirror_dir, "linux-64")) == APP10_LINUX
     assert_consistent(mirror_dir)
+    assert_shards_match(mirror_dir)
 
 
 def test_dry_run_on_an_existing_mirror_writes_nothing(

@@ -423,3 +423,18 @@ def test_verify_finds_a_shard_whose_records_differ_from_repodata(
     problems = result.json()["problems"]
     assert [(p["subdir"], p["kind"]) for p in problems] == [("noarch", "shard-records")]
     assert "dependent-2.0-0.conda" in problems[0]["detail"]
+
+
+def test_kept_removed_records_are_in_the_shards_too(
+    real_channel, channel_server, mirror_dir, run_cli
+):
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    real_channel.remove("noarch", "dependent-1.0-0.conda")
+    real_channel.write()
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--keep-removed")))
+    assert "dependent-1.0-0.conda" in index_records(mirror_dir, "noarch")
+    assert shard_records(mirror_dir, "noarch") == index_records(mirror_dir, "noarch")
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--max-delete", "100")))
+    assert "dependent-1.0-0.conda" not in shard_records(mirror_dir, "noarch")
+    assert shard_records(mirror_dir, "noarch") == index_records(mirror_dir, "noarch")
+    assert not shard_problems(mirror_dir)
