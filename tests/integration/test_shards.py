@@ -438,3 +438,30 @@ def test_kept_removed_records_are_in_the_shards_too(
     assert "dependent-1.0-0.conda" not in shard_records(mirror_dir, "noarch")
     assert shard_records(mirror_dir, "noarch") == index_records(mirror_dir, "noarch")
     assert not shard_problems(mirror_dir)
+
+
+def test_shard_grace_counts_from_when_the_index_was_replaced(
+    real_channel, channel_server, mirror_dir, run_cli
+):
+    """An old shard file retired just now stays for the grace period (its age does not
+    count), and goes on the first run after the grace has passed."""
+    import os
+
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    old = read_index(mirror_dir, "noarch")["shards"]["dependent"].hex()
+    path = mirror_dir / "noarch" / "shards" / f"{old}.msgpack.zst"
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    real_channel.record("noarch", "dependent-2.0-0.conda")["depends"] = ["dependency >=2"]
+    real_channel.write()
+    patched = ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--json", "--shard-grace",
+                                      "30m"))).json()  # fmt: skip
+    assert patched["subdirs"]["noarch"]["shards"] == {"written": 1, "deleted": 0}
+    assert path.exists()
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--shard-grace", "2s")))
+    assert path.exists()
+    time.sleep(2.2)
+    done = ok(
+        run_cli(*mirror_args(channel_server.url, mirror_dir, "--json", "--shard-grace", "2s"))
+    )
+    assert done.json()["subdirs"]["noarch"]["shards"] == {"written": 0, "deleted": 1}
+    assert not path.exists()
