@@ -18,6 +18,7 @@ from tests.integration.test_mirror_closure import (  # noqa: F401
     NOARCH,
     built_channel,
     mirror,
+    plain,
     records,
     up_server,
     upstream,
@@ -175,3 +176,22 @@ def test_unchanged_subdirs_indexes_are_kept_not_fetched_again(
     gets = [r for r in up_server.log() if r.method == "GET" and "repodata" in r.path]
     bodies = {r.path for r in gets if r.status == 200}
     assert bodies == {"/linux-64/repodata.json"}, bodies
+
+
+def test_locked_packages_of_subdirs_left_out_by_subdir_are_not_foreign(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Upstream does list osx-arm64's packages; `-s linux-64` only leaves them out."""
+    lock = write_pixi_lock(
+        upstream, up_server.url, tmp_path / "pixi.lock", "linux-64=app <1", "osx-arm64=app"
+    )
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, "--lock", lock, "-s", "linux-64"))
+    closure = result.json()["closure"]
+    assert closure["foreign"] == []
+    assert closure["inputs"][0]["foreign"] == 0 and closure["inputs"][0]["not_mirrored"] == 3
+    lines = ok(plain(run_cli, up_server.url, tmp_path / "plain", "--lock", lock, "-s", "linux-64"))
+    assert "foreign):" not in lines.stderr
+    assert "1 skipped (PyPI/source), 0 foreign, 3 in subdirs not mirrored" in lines.stderr
+    assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX
+    assert not (mirror_dir / "osx-arm64").exists()
