@@ -195,3 +195,19 @@ def test_locked_packages_of_subdirs_left_out_by_subdir_are_not_foreign(
     assert "1 skipped (PyPI/source), 0 foreign, 3 in subdirs not mirrored" in lines.stderr
     assert disk_packages(mirror_dir, "linux-64") == APP09_LINUX
     assert not (mirror_dir / "osx-arm64").exists()
+
+
+def test_with_deps_solves_a_noarch_record_on_each_mirrored_platform(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    patch_depends(upstream, "noarch", "pyhelper-1.0-pyh0.conda", ["tzdata", "libz >=1.3"])
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, "--include", "pyhelper",
+                       "--with-deps"))  # fmt: skip
+    assert result.json()["closure"]["unsolvable"] == []
+    assert disk_packages(mirror_dir, "noarch") == NOARCH
+    for platform in ("linux-64", "osx-arm64"):
+        assert disk_packages(mirror_dir, platform) == {
+            "libz-1.3-h0.conda", "libc-shim-1.0-h0.conda"
+        }, platform  # fmt: skip
+    assert_shards_match(mirror_dir)
