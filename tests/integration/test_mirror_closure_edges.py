@@ -135,6 +135,12 @@ def test_dry_run_on_an_existing_mirror_writes_nothing(
     assert set(linux["added"]) == {"app-1.0-h0.conda", "libz-1.3-h0.conda"}
     assert set(linux["deleted"]) == {"app-0.9-h0.conda", "libz-1.2-h0.conda"}
     assert snapshot(mirror_dir) == before
+    lines = ok(plain(run_cli, up_server.url, mirror_dir, "--solve", "app >=1", "--dry-run",
+                     "--keep-unselected", "0", "--max-delete", "100")).stderr  # fmt: skip
+    assert "linux-64: 2 files to fetch (" in lines
+    assert "linux-64: would fetch app-1.0-h0.conda" in lines
+    assert "linux-64: would delete app-0.9-h0.conda" in lines
+    assert snapshot(mirror_dir) == before
     ok(mirror(run_cli, up_server.url, mirror_dir, "--include", "torchy", "--with-deps",
               "--dry-run"))  # fmt: skip
     assert snapshot(mirror_dir) == before
