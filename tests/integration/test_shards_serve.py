@@ -106,6 +106,17 @@ def test_mirror_channel_serves_shards(
     tree = server.root / "m"
     assert (tree / "noarch" / SHARD_INDEX).is_file()
     _check_client(f"{server.url}/channels/m", tmp_path, tree)
+    c = server.client
+    digest = read_index(tree, "noarch")["shards"]["dependent"].hex()
+    shard = c.get(f"/channels/m/noarch/shards/{digest}.msgpack.zst")
+    assert shard.status_code == 200 and shard.headers["cache-control"] == IMMUTABLE
+    assert hashlib.sha256(shard.content).hexdigest() == digest
+    index = c.get(f"/channels/m/noarch/{SHARD_INDEX}")
+    assert index.status_code == 200 and "must-revalidate" in index.headers["cache-control"]
+    again = c.get(
+        f"/channels/m/noarch/{SHARD_INDEX}", headers={"if-none-match": index.headers["etag"]}
+    )
+    assert again.status_code == 304
 
 
 def test_proxy_channel_passes_upstream_shards_through(
