@@ -303,6 +303,9 @@ def test_proxy_rewrites_absolute_upstream_urls_and_verifies_shards(
     info = unpack(r.content)["info"]
     assert info["base_url"] == "./" and info["shards_base_url"] == "./shards/", info
     assert upstream.url not in r.content.decode("latin-1")
+    assert "must-revalidate" in r.headers["cache-control"]
+    again = c.get(f"/channels/p/noarch/{SHARD_INDEX}", headers={"if-none-match": r.headers["etag"]})
+    assert again.status_code == 304
     # a shard whose bytes do not hash to its name is refused and not cached
     digest = read_index(upstream_tree, "noarch")["shards"]["dependent"].hex()
     other = read_index(upstream_tree, "noarch")["shards"]["dependency"].hex()
