@@ -7,6 +7,7 @@ unchanged subdirs' indexes are kept under DIR/.condasync/closure/, not fetched a
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -216,4 +217,29 @@ def test_with_deps_solves_a_noarch_record_on_each_mirrored_platform(
         assert disk_packages(mirror_dir, platform) == {
             "libz-1.3-h0.conda", "libc-shim-1.0-h0.conda"
         }, platform  # fmt: skip
+    assert_shards_match(mirror_dir)
+
+
+def test_keep_unselected_keeps_what_drops_out_when_upstream_moves_on(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    args = ("--include", "app", "--latest", "1", "--with-deps", "-s", "linux-64")
+    ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    assert disk_packages(mirror_dir, "linux-64") == APP10_LINUX
+    path = upstream / "linux-64" / "repodata.json"
+    doc = json.loads(path.read_text())
+    doc["packages.conda"]["app-1.1-h0.conda"] = dict(
+        doc["packages.conda"]["app-1.0-h0.conda"], version="1.1"
+    )
+    path.write_text(json.dumps(doc))
+    shutil.copy(
+        upstream / "linux-64" / "app-1.0-h0.conda", upstream / "linux-64" / "app-1.1-h0.conda"
+    )
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, *args))
+    assert result.json()["closure"]["selected"]["linux-64"]["kept"] == 1
+    assert set(records(mirror_dir, "linux-64")) == APP10_LINUX | {"app-1.1-h0.conda"}
+    pruned = ok(mirror(run_cli, up_server.url, mirror_dir, *args, "--keep-unselected", "0"))
+    assert pruned.json()["deleted"] == ["app-1.0-h0.conda"]
+    assert_consistent(mirror_dir)
     assert_shards_match(mirror_dir)
