@@ -343,3 +343,45 @@ def test_proxy_rewrites_absolute_upstream_urls_and_verifies_shards(
     finally:
         relay.close()
     assert not [r.path for r in upstream.log() if r.path.endswith(".conda")]
+
+
+def test_proxy_serves_its_cached_shard_index_when_upstream_fails_after_a_change(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli,
+) -> None:
+    """Upstream's repodata.json changed (the cached shard index is of the old snapshot) and
+    its shard index now answers 500: the cached copy is served, not a 404 or a 5xx."""
+    import json
+
+    import zstandard
+
+    upstream_tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    upstream = serve(upstream_tree, cls=FaultServer)
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
+    c = server.client
+    cached = c.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert cached.status_code == 200
+    doc = json.loads((upstream_tree / "noarch" / "repodata.json").read_bytes())
+    doc["packages.conda"]["dependent-2.0-0.conda"]["depends"] = ["dependency >=2"]
+    data = json.dumps(doc).encode()
+    (upstream_tree / "noarch" / "repodata.json").write_bytes(data)
+    (upstream_tree / "noarch" / "repodata.json.zst").write_bytes(zstandard.compress(data))
+    upstream.fault(f"/noarch/{SHARD_INDEX}", "500", times=None)
+    time.sleep(1.2)
+    deadline = time.monotonic() + 10
+    while True:  # the proxy picks up the new repodata.json (stale once, then refreshed)
+        served = c.get("/channels/p/noarch/repodata.json").json()
+        if served["packages.conda"]["dependent-2.0-0.conda"]["depends"] == ["dependency >=2"]:
+            break
+        assert time.monotonic() < deadline, "the proxy never refreshed repodata.json"
+        time.sleep(0.2)
+    hits = upstream.fault_hits(f"/noarch/{SHARD_INDEX}")
+    r = c.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert r.status_code == 200, r.text
+    assert r.content == cached.content
+    assert upstream.fault_hits(f"/noarch/{SHARD_INDEX}") > hits  # upstream was asked, and failed
