@@ -243,3 +243,29 @@ def test_keep_unselected_keeps_what_drops_out_when_upstream_moves_on(
     assert pruned.json()["deleted"] == ["app-1.0-h0.conda"]
     assert_consistent(mirror_dir)
     assert_shards_match(mirror_dir)
+
+
+def test_published_records_are_upstreams_bytes_and_the_json_report_is_complete(
+    run_cli: Callable[..., CliResult], upstream: Path, up_server: ChannelServer,  # noqa: F811
+    mirror_dir: Path,
+) -> None:  # fmt: skip
+    path = upstream / "linux-64" / "repodata.json"
+    doc = json.loads(path.read_text())
+    raw = json.dumps(doc, indent=3)  # upstream's own layout, not ours
+    path.write_text(raw)
+    result = ok(mirror(run_cli, up_server.url, mirror_dir, "--solve", "app <1", "--platform",
+                       "linux-64"))  # fmt: skip
+    published = (mirror_dir / "linux-64" / "repodata.json").read_text()
+    assert set(records(mirror_dir, "linux-64")) == APP09_LINUX
+    for fn in APP09_LINUX:  # each record's text, byte for byte as upstream wrote it
+        text = json.dumps(doc["packages.conda"][fn], indent=3).replace("\n", "\n      ")
+        assert f'"{fn}": {text}' in raw and text in published, fn
+    closure = result.json()["closure"]
+    assert {"solves", "selected", "foreign", "lock_mismatch", "excluded_but_locked",
+            "unsolvable", "skipped"} <= set(closure)  # fmt: skip
+    (solve,) = closure["solves"]
+    assert set(solve) >= {"platform", "specs", "virtual_packages", "records", "seconds"}
+    assert isinstance(solve["seconds"], (int, float)) and solve["records"] == 5
+    assert closure["selected"]["linux-64"] == {
+        "total": 3, "filters": 0, "lock": 0, "solve": 3, "with_deps": 0, "kept": 0
+    }  # fmt: skip
