@@ -30,6 +30,13 @@ def _safe(text: str) -> str:
     return repr(text)[1:-1]
 
 
+def dry_run_line(event: Event) -> str:
+    """--dry-run: a subdir's plan, or one file it would fetch or delete."""
+    if event.name:
+        return f"{event.subdir}: {event.message} {_safe(event.name)}"
+    return f"{event.subdir}: {event.count} files to fetch ({event.size} bytes) (dry run)"
+
+
 class PlainListener:
     """One line per event on stderr, for cron mail and CI logs."""
 
@@ -57,6 +64,8 @@ class PlainListener:
             print(f"fetching {event.count} indexes: {event.message}", file=sys.stderr)
         elif kind == "plan":
             print(f"{where}: {event.count} files to fetch ({event.size} bytes)", file=sys.stderr)
+        elif kind == "dry-run":
+            print(dry_run_line(event), file=sys.stderr)
         elif kind == "file":
             print(f"{where}: fetched {event.name}", file=sys.stderr)
         elif kind == "deleted":
@@ -143,6 +152,9 @@ class RichListener:
             self._fetched()
         elif kind in ("closure", "closure-warning"):
             self.progress.console.print(escape(_safe(event.message)))
+        elif kind == "dry-run":
+            self._fetched()
+            self.progress.console.print(escape(dry_run_line(event)))
 
 
 def subdir_status(report: MirrorReport, s: SubdirReport) -> str:
@@ -226,9 +238,9 @@ class JsonListener:
         fields: dict[str, Any] = {"subdir": event.subdir} if event.subdir else {}
         if event.name:
             fields["name"] = event.name
-        if kind in ("plan", "published", "fetching"):
+        if kind in ("plan", "published", "fetching") or (kind == "dry-run" and not event.name):
             fields["count"] = event.count
-        if kind == "plan":
+        if kind == "plan" or (kind == "dry-run" and not event.name):
             fields["size"] = event.size
         if event.message:
             fields["message"] = event.message

@@ -213,12 +213,16 @@ def _apply_locks(job: MirrorJob, work: _Work, listen: Listener, now: int) -> boo
     for path in job.closure.locks:
         lock = read_lock(path)
         foreign: list[str] = []
+        unmirrored = 0  # in a subdir -s leaves out: upstream was not asked, so not foreign
         views = {
             subdir: index.views(p.filename for p in lock.packages if p.subdir == subdir)
             for subdir, index in work.indexes.items()
         }
         for p in lock.packages:
             lite = views.get(p.subdir, {}).get(p.filename)
+            if lite is None and job.subdirs and p.subdir not in (*job.subdirs, "noarch"):
+                unmirrored += 1
+                continue
             if lite is None:
                 foreign.append(f"{p.subdir}/{p.filename}")
                 work.report["foreign"].append(
@@ -239,10 +243,12 @@ def _apply_locks(job: MirrorJob, work: _Work, listen: Listener, now: int) -> boo
         work.report["skipped"] += len(lock.skipped)
         work.report["inputs"].append(
             {"lock": path, "kind": lock.kind, "packages": len(lock.packages),
-             "foreign": len(foreign), "skipped": len(lock.skipped)}
+             "foreign": len(foreign), "skipped": len(lock.skipped), "not_mirrored": unmirrored}
         )  # fmt: skip
+        elsewhere = f", {unmirrored} in subdirs not mirrored" if unmirrored else ""
         _say(listen, f"lock {path} ({lock.kind}): {len(lock.packages)} conda packages,"
-             f" {len(lock.skipped)} skipped (PyPI/source), {len(foreign)} foreign")  # fmt: skip
+             f" {len(lock.skipped)} skipped (PyPI/source), {len(foreign)} foreign"
+             + elsewhere)  # fmt: skip
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             _say(listen, f"warning: {path}: {len(foreign)} locked package(s) not listed"

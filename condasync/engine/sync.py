@@ -369,6 +369,7 @@ async def _sync_changed(
         _split_repaired(report, planned.dropped)
         report.deleted = sorted(plan.delete + plan.strays)
         report.packages = plan.unchanged + len(plan.kept_removed) + len(plan.add + plan.replace)
+        _announce_dry_run(run.listen, upstream.subdir, report)
         return
     run.locker.ensure()
     await _before_downloads(run, upstream, planned)
@@ -440,6 +441,16 @@ def _plan_changes(run: _Run, upstream: Upstream, report: SubdirReport) -> _Plann
         report.rejected[key] = reason
         listen(Event("rejected", subdir, name=key, message=reason))
     return planned
+
+
+def _announce_dry_run(listen: Listener, subdir: str, report: SubdirReport) -> None:
+    """--dry-run: what would be downloaded and deleted, file by file."""
+    todo = sorted(report.added + report.repaired + report.replaced)
+    listen(Event("dry-run", subdir, count=len(todo), size=report.planned_bytes))
+    for filename in todo:
+        listen(Event("dry-run", subdir, name=filename, message="would fetch"))
+    for filename in report.deleted:
+        listen(Event("dry-run", subdir, name=filename, message="would delete"))
 
 
 async def _before_downloads(run: _Run, upstream: Upstream, planned: _Planned) -> None:

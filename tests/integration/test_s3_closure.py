@@ -47,6 +47,14 @@ def test_solve_and_lock_to_s3(
         again = ok(run_cli(*args, env=env, timeout=120))
         assert again.json()["closure"] == {"no_op": True, "solves": []}
         assert proxy.puts() == []
+        # a dry run of a changed selection plans against the bucket and writes nothing
+        dry = ok(run_cli("mirror", up_server.url, target, "--json", "--solve", "app >=1",
+                         "--platform", "linux-64", "--keep-unselected", "0", "--max-delete",
+                         "100", "--dry-run", env=env, timeout=120))  # fmt: skip
+        assert set(dry.json()["subdirs"]["linux-64"]["deleted"]) == {
+            "app-0.9-h0.conda", "libz-1.2-h0.conda"
+        }  # fmt: skip
+        assert [r.method for r in proxy.requests if r.method not in ("GET", "HEAD")] == []
         # a lockfile replaces the solve; the solve's packages are pruned at once
         lock = explicit_file(tmp_path / "explicit.txt", up_server.url, upstream, [
             ("linux-64", f, "md5") for f in sorted(APP10_LINUX)

@@ -69,3 +69,36 @@ def test_closure_settings_through_the_api(
     assert_consistent(root)
     again = sync()
     assert again["report"]["unchanged"] is True and again["report"]["closure"]["no_op"] is True
+
+
+def test_lock_and_with_deps_set_at_creation(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    upstream: Path,  # noqa: F811
+    up_server: ChannelServer,  # noqa: F811
+) -> None:
+    """POST /api/channels with `with_deps` (over the channel's include list) and with `lock`
+    (a lockfile's text): the first synchronize selects as `mirror --with-deps`/`--lock`."""
+    server = start_serve()
+    c, headers = server.client, server.headers()
+    deps = server.create_channel(
+        "deps", up_server.url, "mirror", with_deps=True, metadata={"includelist": ["app 0.9"]}
+    )
+    assert deps.status_code == 201, deps.text
+    assert deps.json()["with_deps"] is True
+    lock = explicit_file(tmp_path / "explicit.txt", up_server.url, upstream, [
+        ("linux-64", "libz-1.3-h0.conda", "sha256"), ("noarch", "tzdata-2024a-h0.conda", "md5"),
+    ])  # fmt: skip
+    locked = server.create_channel("locked", up_server.url, "mirror", lock=[lock.read_text()])
+    assert locked.status_code == 201, locked.text
+    for name in ("deps", "locked"):
+        r = c.put(f"/api/channels/{name}/actions", json={"action": "synchronize"}, headers=headers)
+        assert r.status_code == 200, r.text
+        done = server.wait_task(r.json()["id"], timeout=120)
+        assert done["status"] == "success", done["error"]
+        assert_consistent(server.root / name)
+    assert disk_packages(server.root / "deps", "linux-64") == APP09_LINUX
+    assert disk_packages(server.root / "deps", "noarch") == NOARCH
+    assert disk_packages(server.root / "deps", "osx-arm64") == set()
+    assert disk_packages(server.root / "locked", "linux-64") == {"libz-1.3-h0.conda"}
+    assert disk_packages(server.root / "locked", "noarch") == {"tzdata-2024a-h0.conda"}

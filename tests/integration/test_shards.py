@@ -404,3 +404,62 @@ def test_a_killed_runs_staged_shards_are_cleared(tmp_path: Path) -> None:
     assert not staging.exists()
     (name,) = shard_files(tmp_path, "noarch")
     assert name == f"{read_index(tmp_path, 'noarch')['shards']['alpha'].hex()}.msgpack.zst"
+
+
+def test_verify_finds_a_shard_whose_records_differ_from_repodata(
+    channel_server, mirror_dir, run_cli
+):
+    """A shard that hashes to its name but no longer holds repodata.json's records for its
+    name (here repodata.json and its .zst patched behind the mirror's back): exit 4."""
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    path = mirror_dir / "noarch" / "repodata.json"
+    doc = json.loads(path.read_bytes())
+    doc["packages.conda"]["dependent-2.0-0.conda"]["depends"] = ["patched"]
+    data = json.dumps(doc).encode()
+    path.write_bytes(data)
+    (mirror_dir / "noarch" / "repodata.json.zst").write_bytes(zstandard.compress(data))
+    result = run_cli("verify", str(mirror_dir), "--json")
+    assert result.returncode == 4, str(result)
+    problems = result.json()["problems"]
+    assert [(p["subdir"], p["kind"]) for p in problems] == [("noarch", "shard-records")]
+    assert "dependent-2.0-0.conda" in problems[0]["detail"]
+
+
+def test_kept_removed_records_are_in_the_shards_too(
+    real_channel, channel_server, mirror_dir, run_cli
+):
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    real_channel.remove("noarch", "dependent-1.0-0.conda")
+    real_channel.write()
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--keep-removed")))
+    assert "dependent-1.0-0.conda" in index_records(mirror_dir, "noarch")
+    assert shard_records(mirror_dir, "noarch") == index_records(mirror_dir, "noarch")
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--max-delete", "100")))
+    assert "dependent-1.0-0.conda" not in shard_records(mirror_dir, "noarch")
+    assert shard_records(mirror_dir, "noarch") == index_records(mirror_dir, "noarch")
+    assert not shard_problems(mirror_dir)
+
+
+def test_shard_grace_counts_from_when_the_index_was_replaced(
+    real_channel, channel_server, mirror_dir, run_cli
+):
+    """An old shard file retired just now stays for the grace period (its age does not
+    count), and goes on the first run after the grace has passed."""
+    import os
+
+    ok(run_cli(*mirror_args(channel_server.url, mirror_dir)))
+    old = read_index(mirror_dir, "noarch")["shards"]["dependent"].hex()
+    path = mirror_dir / "noarch" / "shards" / f"{old}.msgpack.zst"
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    real_channel.record("noarch", "dependent-2.0-0.conda")["depends"] = ["dependency >=2"]
+    real_channel.write()
+    patched = ok(run_cli(*mirror_args(channel_server.url, mirror_dir, "--json", "--shard-grace",
+                                      "30m"))).json()  # fmt: skip
+    assert patched["subdirs"]["noarch"]["shards"] == {"written": 1, "deleted": 0}
+    assert path.exists()
+    time.sleep(2.2)
+    done = ok(
+        run_cli(*mirror_args(channel_server.url, mirror_dir, "--json", "--shard-grace", "2s"))
+    )
+    assert done.json()["subdirs"]["noarch"]["shards"] == {"written": 0, "deleted": 1}
+    assert not path.exists()

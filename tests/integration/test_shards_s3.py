@@ -60,3 +60,34 @@ def test_shards_on_s3(
     storage.write_if_changed(f"noarch/shards/{digest.hex()}.msgpack.zst", b"tampered")
     bad = run_cli("verify", target, "--json", env=s3_server.env)
     assert bad.returncode == 4 and bad.json()["problems"][0]["kind"] == "shard-hash", str(bad)
+
+
+def test_shard_grace_and_no_shards_on_s3(
+    real_channel: Channel, channel_server, s3_server: S3Server, s3_bucket: str, run_cli
+) -> None:
+    """Retired shards go once the grace has passed; --no-shards removes the shard index at
+    once and the shards on the next run after the grace, as on a folder."""
+    target = f"s3://{s3_bucket}/grace"
+    env = s3_server.env
+    storage = S3Storage(target, env=env)
+
+    def shard_objects() -> set[str]:
+        return {o.relpath for o in storage.list() if "/shards/" in o.relpath}
+
+    ok(run_cli(*mirror_args(channel_server.url, target), env=env))
+    real_channel.record("noarch", "dependent-2.0-0.conda")["depends"] = ["dependency >=2"]
+    real_channel.write()
+    patched = ok(run_cli(*mirror_args(channel_server.url, target, "--json"), env=env)).json()
+    assert patched["subdirs"]["noarch"]["shards"] == {"written": 1, "deleted": 0}
+    before = shard_objects()
+    noop = ok(run_cli(*mirror_args(channel_server.url, target, "--json", "--shard-grace", "0"),
+                      env=env)).json()  # fmt: skip
+    assert noop["subdirs"]["noarch"]["shards"] == {"written": 0, "deleted": 1}
+    assert len(before - shard_objects()) == 1
+    args = mirror_args(channel_server.url, target, "--no-shards", "--shard-grace", "0")
+    ok(run_cli(*args, env=env))
+    assert storage.read(f"noarch/{SHARD_INDEX}") is None
+    assert shard_objects()  # a client holding the old index still gets its shards
+    ok(run_cli(*args, env=env))
+    assert shard_objects() == set()
+    assert ok(run_cli("verify", target, env=env)).returncode == 0

@@ -106,6 +106,17 @@ def test_mirror_channel_serves_shards(
     tree = server.root / "m"
     assert (tree / "noarch" / SHARD_INDEX).is_file()
     _check_client(f"{server.url}/channels/m", tmp_path, tree)
+    c = server.client
+    digest = read_index(tree, "noarch")["shards"]["dependent"].hex()
+    shard = c.get(f"/channels/m/noarch/shards/{digest}.msgpack.zst")
+    assert shard.status_code == 200 and shard.headers["cache-control"] == IMMUTABLE
+    assert hashlib.sha256(shard.content).hexdigest() == digest
+    index = c.get(f"/channels/m/noarch/{SHARD_INDEX}")
+    assert index.status_code == 200 and "must-revalidate" in index.headers["cache-control"]
+    again = c.get(
+        f"/channels/m/noarch/{SHARD_INDEX}", headers={"if-none-match": index.headers["etag"]}
+    )
+    assert again.status_code == 304
 
 
 def test_proxy_channel_passes_upstream_shards_through(
@@ -256,3 +267,121 @@ def test_proxy_shards_and_repodata_are_one_snapshot(
             break
         assert time.monotonic() < deadline, "the proxy never picked up the new snapshot"
         time.sleep(0.2)
+
+
+def test_proxy_rewrites_absolute_upstream_urls_and_verifies_shards(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli,
+) -> None:
+    """An upstream whose shard index points at absolute URLs (its own host, shards in another
+    folder): the proxy fetches shards from there, verifies each against its name, and clients
+    only ever see the proxy's own relative URLs."""
+    import zstandard
+
+    from condasync.channel.shards import rewrite_index_urls
+
+    upstream_tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    upstream = serve(upstream_tree, cls=FaultServer)
+    noarch = upstream_tree / "noarch"
+    (noarch / "shards").rename(noarch / "cdn")
+    index_path = noarch / SHARD_INDEX
+    index_path.write_bytes(
+        rewrite_index_urls(
+            index_path.read_bytes(), f"{upstream.url}/noarch/", f"{upstream.url}/noarch/cdn/"
+        )
+    )
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy").status_code == 201
+    c = server.client
+    r = c.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert r.status_code == 200
+    assert zstandard.frame_content_size(r.content) > 0
+    info = unpack(r.content)["info"]
+    assert info["base_url"] == "./" and info["shards_base_url"] == "./shards/", info
+    assert upstream.url not in r.content.decode("latin-1")
+    assert "must-revalidate" in r.headers["cache-control"]
+    again = c.get(f"/channels/p/noarch/{SHARD_INDEX}", headers={"if-none-match": r.headers["etag"]})
+    assert again.status_code == 304
+    # a shard whose bytes do not hash to its name is refused and not cached
+    digest = read_index(upstream_tree, "noarch")["shards"]["dependent"].hex()
+    other = read_index(upstream_tree, "noarch")["shards"]["dependency"].hex()
+    shard = noarch / "cdn" / f"{digest}.msgpack.zst"
+    good = shard.read_bytes()
+    shard.write_bytes((noarch / "cdn" / f"{other}.msgpack.zst").read_bytes())
+    bad = c.get(f"/channels/p/noarch/shards/{digest}.msgpack.zst")
+    assert bad.status_code == 502, bad.status_code
+    assert not (server.root / "p" / "noarch" / "shards" / f"{digest}.msgpack.zst").exists()
+    shard.write_bytes(good)
+    r = c.get(f"/channels/p/noarch/shards/{digest}.msgpack.zst")
+    assert r.status_code == 200 and r.content == good
+    assert r.headers["cache-control"] == IMMUTABLE
+    assert upstream.requests_for(f"/noarch/cdn/{digest}.msgpack.zst")
+    # traversal through the shard route of a proxy channel
+    (server.root / "secret.txt").write_text("secret")
+    for target in (
+        "/channels/p/noarch/shards/../repodata.json",
+        "/channels/p/noarch/shards/%2e%2e/%2e%2e/%2e%2e/secret.txt",
+        "/channels/p/noarch/shards/..%2f..%2f..%2fsecret.txt",
+        "/channels/p/noarch/shards/" + "0" * 64 + ".msgpack.zst",
+    ):
+        status, body = raw_get(server.port, target)
+        assert status == 404, (target, status)
+        assert b"secret" not in body
+    # a client through the proxy reads shards from the proxy only
+    upstream.clear_log()
+    relay = LoggingRelay(f"{server.url}/channels/p")
+    try:
+        names = sorted({fn.rsplit("-", 2)[0] for fn in index_records(upstream_tree, "noarch")})
+        got = client_records(relay.url, tmp_path, True, "noarch", names)
+        _only_shards(relay.paths())
+        assert sorted(got) == sorted(index_records(upstream_tree, "noarch"))
+        assert all(rec["url"] == f"{relay.url}/noarch/{fn}" for fn, rec in got.items())
+    finally:
+        relay.close()
+    assert not [r.path for r in upstream.log() if r.path.endswith(".conda")]
+
+
+def test_proxy_serves_its_cached_shard_index_when_upstream_fails_after_a_change(
+    tmp_path: Path,
+    start_serve: Callable[..., ServeProcess],  # noqa: F811
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli,
+) -> None:
+    """Upstream's repodata.json changed (the cached shard index is of the old snapshot) and
+    its shard index now answers 500: the cached copy is served, not a 404 or a 5xx."""
+    import json
+
+    import zstandard
+
+    upstream_tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
+    upstream = serve(upstream_tree, cls=FaultServer)
+    server = start_serve()
+    assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
+    c = server.client
+    cached = c.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert cached.status_code == 200
+    doc = json.loads((upstream_tree / "noarch" / "repodata.json").read_bytes())
+    doc["packages.conda"]["dependent-2.0-0.conda"]["depends"] = ["dependency >=2"]
+    data = json.dumps(doc).encode()
+    (upstream_tree / "noarch" / "repodata.json").write_bytes(data)
+    (upstream_tree / "noarch" / "repodata.json.zst").write_bytes(zstandard.compress(data))
+    upstream.fault(f"/noarch/{SHARD_INDEX}", "500", times=None)
+    time.sleep(1.2)
+    deadline = time.monotonic() + 10
+    while True:  # the proxy picks up the new repodata.json (stale once, then refreshed)
+        served = c.get("/channels/p/noarch/repodata.json").json()
+        if served["packages.conda"]["dependent-2.0-0.conda"]["depends"] == ["dependency >=2"]:
+            break
+        assert time.monotonic() < deadline, "the proxy never refreshed repodata.json"
+        time.sleep(0.2)
+    hits = upstream.fault_hits(f"/noarch/{SHARD_INDEX}")
+    r = c.get(f"/channels/p/noarch/{SHARD_INDEX}")
+    assert r.status_code == 200, r.text
+    assert r.content == cached.content
+    assert upstream.fault_hits(f"/noarch/{SHARD_INDEX}") > hits  # upstream was asked, and failed
