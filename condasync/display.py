@@ -30,6 +30,9 @@ def _safe(text: str) -> str:
     return repr(text)[1:-1]
 
 
+DRY_RUN_SHOWN = 50  # --dry-run file lines per subdir on a terminal
+
+
 def dry_run_line(event: Event) -> str:
     """--dry-run: a subdir's plan, or one file it would fetch or delete."""
     if event.name:
@@ -96,6 +99,7 @@ class RichListener:
         self.tasks: dict[str, TaskID] = {}
         self.files: dict[str, list[int]] = {}  # subdir -> [done, planned]
         self.planned = 0  # bytes, all subdirs
+        self.dry_lines: dict[str, int] = {}  # --dry-run file lines shown, per subdir
 
     def __enter__(self) -> RichListener:
         self.progress.start()
@@ -154,7 +158,21 @@ class RichListener:
             self.progress.console.print(escape(_safe(event.message)))
         elif kind == "dry-run":
             self._fetched()
+            self._dry_run(event)
+
+    def _dry_run(self, event: Event) -> None:
+        """A terminal shows the first DRY_RUN_SHOWN files of a subdir (Rich prints about
+        6,000 lines a second: a 600k-record dry run would scroll for minutes)."""
+        if not event.name:  # the subdir's count and bytes
             self.progress.console.print(escape(dry_run_line(event)))
+            return
+        shown = self.dry_lines[event.subdir] = self.dry_lines.get(event.subdir, 0) + 1
+        if shown <= DRY_RUN_SHOWN:
+            self.progress.console.print(escape(dry_run_line(event)))
+        elif shown == DRY_RUN_SHOWN + 1:
+            self.progress.console.print(
+                escape(f"{event.subdir}: ... (the whole list: --json, or stderr to a file)")
+            )
 
 
 def subdir_status(report: MirrorReport, s: SubdirReport) -> str:

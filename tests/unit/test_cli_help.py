@@ -77,3 +77,30 @@ def test_rich_progress_shows_files_and_bytes_apart() -> None:
         assert task.completed == 1024 and task.total == 2048
         total = {t.id: t for t in listener.progress.tasks}[listener.total]  # type: ignore[index]
         assert total.total == 2148 and total.completed == 1024
+
+
+def test_rich_dry_run_lists_the_first_files_of_a_subdir_only() -> None:
+    from rich.console import Console
+
+    import condasync.display as display
+    from condasync.display import DRY_RUN_SHOWN, RichListener
+    from condasync.models import Event
+
+    console = Console(record=True, width=160, force_terminal=False)
+    saved, display.err = display.err, console
+    try:
+        listener = RichListener()
+    finally:
+        display.err = saved
+    with listener:
+        for subdir in ("linux-64", "noarch"):
+            listener(Event("dry-run", subdir, count=500, size=5000))
+            for i in range(500):
+                listener(Event("dry-run", subdir, name=f"p-{i}-0.conda", message="would fetch"))
+    text = console.export_text()
+    for subdir in ("linux-64", "noarch"):
+        assert f"{subdir}: 500 files to fetch (5000 bytes) (dry run)" in text
+        assert f"{subdir}: would fetch p-{DRY_RUN_SHOWN - 1}-0.conda" in text
+        assert f"{subdir}: would fetch p-{DRY_RUN_SHOWN}-0.conda" not in text
+        assert text.count(f"{subdir}: would fetch") == DRY_RUN_SHOWN
+        assert f"{subdir}: ... (the whole list: --json, or stderr to a file)" in text
