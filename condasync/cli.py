@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -282,59 +283,17 @@ def mirror(
     """Bring DIR (a folder, or s3://bucket/prefix) up to date with the channel at URL."""
     if log_format not in ("plain", "json"):
         raise _fail("--log-format must be plain or json", EXIT_USAGE, "plain")
+    given = _Given(
+        subdir, include, exclude, latest, exclude_newer, jobs, dry_run, keep_removed, write_bz2,
+        retries, repair, zstd_level, max_delete,
+        S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock), no_shards, shard_grace,
+        lock, solve, platform, virtual_package, with_deps, keep_unselected,
+    )  # fmt: skip
     try:
+        tables = _tables(url, target, config)
         if config is not None:
-            if url or target:
-                raise UsageError("give either URL DIR or --config, not both")
-            tables = load_config(config)
             metrics_file = metrics_file or metrics_file_of(config)
-        elif url and target:
-            tables = [{"url": url, "dir": target}]
-        elif url:
-            raise UsageError("missing DIR: where should the mirror of URL go? (mirror URL DIR)")
-        else:
-            raise UsageError("missing URL and DIR (or --config FILE)")
-        jobs_list = []
-        for table in tables:
-            filters = filters_from(table)
-            if include or exclude or latest is not None or exclude_newer:
-                filters = Filters(
-                    include=tuple(include or filters.include),
-                    exclude=tuple(exclude or filters.exclude),
-                    latest=latest if latest is not None else filters.latest,
-                    exclude_newer=exclude_newer or filters.exclude_newer,
-                )
-            _check_filters(filters)
-            job = MirrorJob(
-                url=table["url"],
-                target=table["dir"],
-                subdirs=tuple(subdir or table.get("subdirs", ())),
-                filters=filters,
-                jobs=jobs if jobs is not None else table.get("jobs", 16),
-                dry_run=dry_run,
-                keep_removed=keep_removed or table.get("keep_removed", False),
-                bz2=write_bz2 or table.get("bz2", False),
-                retries=retries if retries is not None else table.get("retries", 3),
-                zstd_level=zstd_level if zstd_level is not None else table.get("zstd_level"),
-                repair=repair,
-                max_delete=float(
-                    max_delete if max_delete is not None else table.get("max_delete", 50)
-                ),
-                s3=S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock),
-                shards=not no_shards and table.get("shards", True),
-                shard_grace=_grace(shard_grace or table.get("shard_grace", "15m")),
-                closure=closure_options(
-                    closure_from(table),
-                    lock,
-                    solve,
-                    platform,
-                    virtual_package,
-                    with_deps,
-                    keep_unselected,
-                ),
-            )
-            _check_job(job)
-            jobs_list.append(job)
+        jobs_list = [_job_of(table, given) for table in tables]
     except CondasyncError as exc:
         raise _fail(str(exc), exc.exit_code, log_format) from None
     reports = [_run_one(job, as_json, quiet, log_format) for job in jobs_list]
@@ -350,6 +309,90 @@ def mirror(
             _emit_json(doc)
     codes = [r.exit_code for r in reports]
     raise typer.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes))
+
+
+@dataclass(frozen=True)
+class _Given:
+    """What `mirror`'s command line gives; None (or False) leaves each [[mirror]] table's own
+    value, or the default."""
+
+    subdir: list[str] | None
+    include: list[str] | None
+    exclude: list[str] | None
+    latest: int | None
+    exclude_newer: str | None
+    jobs: int | None
+    dry_run: bool
+    keep_removed: bool
+    bz2: bool
+    retries: int | None
+    repair: bool
+    zstd_level: int | None
+    max_delete: float | None
+    s3: S3Options
+    no_shards: bool
+    shard_grace: str | None
+    lock: list[str] | None
+    solve: list[str] | None
+    platform: list[str] | None
+    virtual_package: list[str] | None
+    with_deps: bool
+    keep_unselected: str | None
+
+
+def _tables(url: str | None, target: str | None, config: Path | None) -> list[dict[str, Any]]:
+    """The [[mirror]] tables of --config, or one table of URL DIR."""
+    if config is not None:
+        if url or target:
+            raise UsageError("give either URL DIR or --config, not both")
+        return load_config(config)
+    if url and target:
+        return [{"url": url, "dir": target}]
+    if url:
+        raise UsageError("missing DIR: where should the mirror of URL go? (mirror URL DIR)")
+    raise UsageError("missing URL and DIR (or --config FILE)")
+
+
+def _job_of(table: dict[str, Any], given: _Given) -> MirrorJob:
+    """One table's job: the command line wins over the table, the table over the defaults."""
+    g = given
+    filters = filters_from(table)
+    if g.include or g.exclude or g.latest is not None or g.exclude_newer:
+        filters = Filters(
+            include=tuple(g.include or filters.include),
+            exclude=tuple(g.exclude or filters.exclude),
+            latest=g.latest if g.latest is not None else filters.latest,
+            exclude_newer=g.exclude_newer or filters.exclude_newer,
+        )
+    _check_filters(filters)
+    job = MirrorJob(
+        url=table["url"],
+        target=table["dir"],
+        subdirs=tuple(g.subdir or table.get("subdirs", ())),
+        filters=filters,
+        jobs=g.jobs if g.jobs is not None else table.get("jobs", 16),
+        dry_run=g.dry_run,
+        keep_removed=g.keep_removed or table.get("keep_removed", False),
+        bz2=g.bz2 or table.get("bz2", False),
+        retries=g.retries if g.retries is not None else table.get("retries", 3),
+        zstd_level=g.zstd_level if g.zstd_level is not None else table.get("zstd_level"),
+        repair=g.repair,
+        max_delete=float(g.max_delete if g.max_delete is not None else table.get("max_delete", 50)),
+        s3=g.s3,
+        shards=not g.no_shards and table.get("shards", True),
+        shard_grace=_grace(g.shard_grace or table.get("shard_grace", "15m")),
+        closure=closure_options(
+            closure_from(table),
+            g.lock,
+            g.solve,
+            g.platform,
+            g.virtual_package,
+            g.with_deps,
+            g.keep_unselected,
+        ),
+    )
+    _check_job(job)
+    return job
 
 
 def _write_metrics_file(path: str, reports: list[MirrorReport], log_format: str) -> None:
