@@ -63,6 +63,7 @@ class _Delegate(Response):
 
 
 def build_api(server: Server) -> FastAPI:
+    """The app: condasync's channel API, quetz's routes, and the channel files."""
     app = FastAPIOffline(
         title="condasync",
         version=__version__,
@@ -70,7 +71,16 @@ def build_api(server: Server) -> FastAPI:
         "`/channels/<name>/<subdir>/<file>`; the API is quetz-shaped.",
     )
     app.state.server = server
-    files = ChannelFiles(server)
+    _validation_errors(app)
+    _channel_routes(app, server)
+    _task_routes(app, server)
+    add_quetz_routes(app, server)
+    _file_routes(app, ChannelFiles(server))
+    return app
+
+
+def _validation_errors(app: FastAPI) -> None:
+    """422 answers that say which field is wrong, in one `message` line too."""
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -82,6 +92,10 @@ def build_api(server: Server) -> FastAPI:
             f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in errors
         )
         return JSONResponse({"detail": errors, "message": message}, status_code=422)
+
+
+def _channel_routes(app: FastAPI, server: Server) -> None:
+    """Create, list, read and delete channels; a channel's package list."""
 
     def existing(name: str) -> Channel:
         return existing_channel(server, name)
@@ -192,6 +206,10 @@ def build_api(server: Server) -> FastAPI:
         channeldata = await asyncio.to_thread(read_json, server.store, channel.name)
         return list_packages(indexes, channeldata, q)
 
+
+def _task_routes(app: FastAPI, server: Server) -> None:
+    """Synchronize a mirror channel, and read a task."""
+
     @app.put(
         "/api/channels/{name}/actions",
         response_model=JobTaskOut,
@@ -201,7 +219,7 @@ def build_api(server: Server) -> FastAPI:
     )
     def channel_action(name: Name, body: ActionIn, who: Required) -> dict[str, Any]:
         """Returns the task; while one is pending or running, returns that one instead."""
-        channel = existing(name)
+        channel = existing_channel(server, name)
         if not can_synchronize(who, channel.name):
             raise HTTPException(403, "synchronize needs the channel owner or maintainer role")
         if channel.mirror_mode != "mirror":
@@ -222,7 +240,9 @@ def build_api(server: Server) -> FastAPI:
             raise HTTPException(404, f"no task {task_id}")
         return task.to_dict()
 
-    add_quetz_routes(app, server)
+
+def _file_routes(app: FastAPI, files: ChannelFiles) -> None:
+    """Channel files under /channels/ and quetz's /get/, for GET and HEAD: one code path."""
 
     async def channel_file(name: Name, subdir: str, filename: str, request: Request) -> Response:
         """A channel file: an index or a package. Proxy channels fetch from upstream on a
@@ -251,5 +271,3 @@ def build_api(server: Server) -> FastAPI:
                 responses=FILE_RESPONSES,
                 tags=["files"],
             )
-
-    return app
