@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -13,9 +12,8 @@ import orjson
 import typer
 
 from condasync import __version__
-from condasync.channel.repodata import is_subdir, suggest_subdir
 from condasync.channel.urls import mask_url
-from condasync.config import closure_from, filters_from, load_config, metrics_file_of
+from condasync.config import metrics_file_of
 from condasync.display import (
     JsonListener,
     PlainListener,
@@ -25,25 +23,49 @@ from condasync.display import (
     print_plain_summary,
     print_summary,
 )
-from condasync.engine.closure_options import closure_options
-from condasync.engine.filters import Filters, compile_spec, parse_cutoff
 from condasync.engine.job import MirrorJob
-from condasync.engine.shardpub import parse_duration
 from condasync.engine.state import load_meta, mirrored_subdirs
-from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError, UsageError
+from condasync.errors import EXIT_INTERRUPTED, EXIT_USAGE, EXIT_VERIFY, CondasyncError
+from condasync.mirror_options import (
+    AsJsonOpt,
+    ConfigOpt,
+    DryRunOpt,
+    ExcludeNewerOpt,
+    ExcludeOpt,
+    Given,
+    IncludeOpt,
+    JobsOpt,
+    KeepRemovedOpt,
+    KeepUnselectedOpt,
+    LatestOpt,
+    LockOpt,
+    LogFormatOpt,
+    MaxDeleteOpt,
+    MetricsFileOpt,
+    NoShardsOpt,
+    PlatformOpt,
+    QuietOpt,
+    RepairOpt,
+    RetriesOpt,
+    S3Endpoint,
+    S3NoLockOpt,
+    S3PathStyle,
+    ShardGraceOpt,
+    SolveOpt,
+    SubdirOpt,
+    TargetOpt,
+    UrlOpt,
+    VirtualPackageOpt,
+    WithDepsOpt,
+    WriteBz2Opt,
+    ZstdLevelOpt,
+    job_of,
+    mirror_tables,
+)
 from condasync.models import MirrorReport
 from condasync.serve.commands import apikey_app
 from condasync.serve.commands import serve as serve_command
 from condasync.storage import LocalStorage, S3Options, open_storage
-
-S3Endpoint = Annotated[
-    str | None,
-    typer.Option("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)."),
-]
-S3PathStyle = Annotated[
-    bool,
-    typer.Option("--s3-force-path-style", help="Path-style S3 URLs (bucket in the path)."),
-]
 
 app = typer.Typer(
     help="Mirror a conda channel as a verified, always-consistent static tree.",
@@ -57,38 +79,6 @@ app = typer.Typer(
 def _emit_json(doc: Any) -> None:
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     sys.stdout.flush()
-
-
-def _check_filters(filters: Filters) -> None:
-    for spec in (*filters.include, *filters.exclude):
-        try:
-            compile_spec(spec)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if filters.exclude_newer:
-        try:
-            parse_cutoff(filters.exclude_newer, datetime.now(timezone.utc))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-    if filters.latest is not None and filters.latest < 1:
-        raise UsageError("--latest must be at least 1")
-
-
-def _check_job(job: MirrorJob) -> None:
-    """One clear message per bad value, before anything runs."""
-    if job.jobs < 1:
-        raise UsageError(f"--jobs must be at least 1 (got {job.jobs})")
-    if job.retries < 0:
-        raise UsageError(f"--retries must be 0 or more (got {job.retries})")
-    if job.zstd_level is not None and not 1 <= job.zstd_level <= 22:
-        raise UsageError(f"--zstd-level must be from 1 to 22 (got {job.zstd_level})")
-    if not 0 <= job.max_delete <= 100:
-        raise UsageError(
-            f"--max-delete must be a percentage from 0 to 100 (got {job.max_delete:g})"
-        )
-    for subdir in job.subdirs:
-        if not is_subdir(subdir):
-            raise UsageError(f"invalid subdir {subdir!r}{suggest_subdir(subdir)}")
 
 
 def _run_one_json(job: MirrorJob, quiet: bool) -> MirrorReport:
@@ -133,167 +123,52 @@ def _run_one(job: MirrorJob, as_json: bool, quiet: bool, log_format: str = "plai
 
 @app.command()
 def mirror(
-    url: Annotated[
-        str | None,
-        typer.Argument(metavar="URL", help="Upstream channel: http(s)://, file:// or a path."),
-    ] = None,
-    target: Annotated[
-        str | None, typer.Argument(metavar="DIR", help="Where the mirror tree lives.")
-    ] = None,
-    subdir: Annotated[
-        list[str] | None, typer.Option("-s", "--subdir", help="Subdir to mirror (repeatable).")
-    ] = None,
-    include: Annotated[
-        list[str] | None, typer.Option("--include", help="MatchSpec to mirror (repeatable).")
-    ] = None,
-    exclude: Annotated[
-        list[str] | None, typer.Option("--exclude", help="MatchSpec to skip (repeatable).")
-    ] = None,
-    latest: Annotated[
-        int | None, typer.Option("--latest", help="Keep the N newest versions per name.")
-    ] = None,
-    exclude_newer: Annotated[
-        str | None,
-        typer.Option("--exclude-newer", help="Skip packages newer than DATE or DURATION (7d)."),
-    ] = None,
-    jobs: Annotated[
-        int | None, typer.Option("-j", "--jobs", help="Concurrent downloads [default: 16].")
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Plan and report only; write nothing.")
-    ] = False,
-    keep_removed: Annotated[
-        bool, typer.Option("--keep-removed", help="Never delete packages upstream dropped.")
-    ] = False,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON report on stdout.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("-q", "--quiet", help="Only warnings, errors and failures.")
-    ] = False,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="TOML file with [[mirror]] tables.")
-    ] = None,
-    write_bz2: Annotated[bool, typer.Option("--bz2", help="Also write repodata.json.bz2.")] = False,
-    retries: Annotated[
-        int | None, typer.Option("--retries", help="Retries per download [default: 3].")
-    ] = None,
-    repair: Annotated[
-        bool,
-        typer.Option(
-            "--repair", help="Stat every file against the saved state; re-fetch any gone."
-        ),
-    ] = False,
-    zstd_level: Annotated[
-        int | None,
-        typer.Option(
-            "--zstd-level",
-            help="zstd level for repodata.json.zst [default: 3; an index published"
-            " unchanged keeps upstream's own .zst].",
-        ),
-    ] = None,
-    max_delete: Annotated[
-        float | None,
-        typer.Option(
-            "--max-delete",
-            metavar="PCT",
-            help="Refuse to delete more than PCT percent of a subdir's packages in one run"
-            " (an empty or truncated upstream index) [default: 50; 100 allows any shrink].",
-        ),
-    ] = None,
-    lock: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--lock",
-            metavar="FILE",
-            help="Mirror every conda package of this pixi.lock, conda-lock.yml or @EXPLICIT"
-            " file (repeatable).",
-        ),
-    ] = None,
-    solve: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--solve", metavar="SPEC", help="Mirror what this environment needs (repeatable)."
-        ),
-    ] = None,
-    platform: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--platform",
-            metavar="P",
-            help="Platform to solve for (repeatable) [default: the mirrored subdirs].",
-        ),
-    ] = None,
-    virtual_package: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--virtual-package",
-            metavar="NAME=VERSION[=BUILD]",
-            help="Override a virtual package the solves assume, e.g. __glibc=2.17 (repeatable).",
-        ),
-    ] = None,
-    with_deps: Annotated[
-        bool,
-        typer.Option("--with-deps", help="Also mirror what the selected packages depend on."),
-    ] = False,
-    keep_unselected: Annotated[
-        str | None,
-        typer.Option(
-            "--keep-unselected",
-            metavar="DURATION",
-            help="Keep packages that dropped out of the selection this long [default: 30d;"
-            " 0 prunes at once].",
-        ),
-    ] = None,
+    url: UrlOpt = None,
+    target: TargetOpt = None,
+    subdir: SubdirOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    latest: LatestOpt = None,
+    exclude_newer: ExcludeNewerOpt = None,
+    jobs: JobsOpt = None,
+    dry_run: DryRunOpt = False,
+    keep_removed: KeepRemovedOpt = False,
+    as_json: AsJsonOpt = False,
+    quiet: QuietOpt = False,
+    config: ConfigOpt = None,
+    write_bz2: WriteBz2Opt = False,
+    retries: RetriesOpt = None,
+    repair: RepairOpt = False,
+    zstd_level: ZstdLevelOpt = None,
+    max_delete: MaxDeleteOpt = None,
+    lock: LockOpt = None,
+    solve: SolveOpt = None,
+    platform: PlatformOpt = None,
+    virtual_package: VirtualPackageOpt = None,
+    with_deps: WithDepsOpt = False,
+    keep_unselected: KeepUnselectedOpt = None,
     s3_endpoint: S3Endpoint = None,
     s3_force_path_style: S3PathStyle = False,
-    s3_no_lock: Annotated[
-        bool,
-        typer.Option(
-            "--s3-no-lock",
-            help="S3 stores without conditional writes: run without the lock (one run at a time!).",
-        ),
-    ] = False,
-    metrics_file: Annotated[
-        str | None,
-        typer.Option(
-            "--metrics-file",
-            metavar="PATH",
-            help="Write node_exporter textfile metrics here at the end of every run.",
-        ),
-    ] = None,
-    log_format: Annotated[
-        str,
-        typer.Option("--log-format", metavar="plain|json", help="json: one object per line."),
-    ] = "plain",
-    no_shards: Annotated[
-        bool,
-        typer.Option("--no-shards", help="Write no sharded repodata (CEP-16); remove any."),
-    ] = False,
-    shard_grace: Annotated[
-        str | None,
-        typer.Option(
-            "--shard-grace",
-            metavar="DURATION",
-            help="Keep shards no longer named this long after their index was replaced"
-            " [default: 15m; 0 deletes them on the next run].",
-        ),
-    ] = None,
+    s3_no_lock: S3NoLockOpt = False,
+    metrics_file: MetricsFileOpt = None,
+    log_format: LogFormatOpt = "plain",
+    no_shards: NoShardsOpt = False,
+    shard_grace: ShardGraceOpt = None,
 ) -> None:
     """Bring DIR (a folder, or s3://bucket/prefix) up to date with the channel at URL."""
     if log_format not in ("plain", "json"):
         raise _fail("--log-format must be plain or json", EXIT_USAGE, "plain")
-    given = _Given(
+    given = Given(
         subdir, include, exclude, latest, exclude_newer, jobs, dry_run, keep_removed, write_bz2,
         retries, repair, zstd_level, max_delete,
         S3Options(s3_endpoint, s3_force_path_style or None, s3_no_lock), no_shards, shard_grace,
         lock, solve, platform, virtual_package, with_deps, keep_unselected,
     )  # fmt: skip
     try:
-        tables = _tables(url, target, config)
+        tables = mirror_tables(url, target, config)
         if config is not None:
             metrics_file = metrics_file or metrics_file_of(config)
-        jobs_list = [_job_of(table, given) for table in tables]
+        jobs_list = [job_of(table, given) for table in tables]
     except CondasyncError as exc:
         raise _fail(str(exc), exc.exit_code, log_format) from None
     reports = [_run_one(job, as_json, quiet, log_format) for job in jobs_list]
@@ -309,90 +184,6 @@ def mirror(
             _emit_json(doc)
     codes = [r.exit_code for r in reports]
     raise typer.Exit(EXIT_INTERRUPTED if EXIT_INTERRUPTED in codes else max(codes))
-
-
-@dataclass(frozen=True)
-class _Given:
-    """What `mirror`'s command line gives; None (or False) leaves each [[mirror]] table's own
-    value, or the default."""
-
-    subdir: list[str] | None
-    include: list[str] | None
-    exclude: list[str] | None
-    latest: int | None
-    exclude_newer: str | None
-    jobs: int | None
-    dry_run: bool
-    keep_removed: bool
-    bz2: bool
-    retries: int | None
-    repair: bool
-    zstd_level: int | None
-    max_delete: float | None
-    s3: S3Options
-    no_shards: bool
-    shard_grace: str | None
-    lock: list[str] | None
-    solve: list[str] | None
-    platform: list[str] | None
-    virtual_package: list[str] | None
-    with_deps: bool
-    keep_unselected: str | None
-
-
-def _tables(url: str | None, target: str | None, config: Path | None) -> list[dict[str, Any]]:
-    """The [[mirror]] tables of --config, or one table of URL DIR."""
-    if config is not None:
-        if url or target:
-            raise UsageError("give either URL DIR or --config, not both")
-        return load_config(config)
-    if url and target:
-        return [{"url": url, "dir": target}]
-    if url:
-        raise UsageError("missing DIR: where should the mirror of URL go? (mirror URL DIR)")
-    raise UsageError("missing URL and DIR (or --config FILE)")
-
-
-def _job_of(table: dict[str, Any], given: _Given) -> MirrorJob:
-    """One table's job: the command line wins over the table, the table over the defaults."""
-    g = given
-    filters = filters_from(table)
-    if g.include or g.exclude or g.latest is not None or g.exclude_newer:
-        filters = Filters(
-            include=tuple(g.include or filters.include),
-            exclude=tuple(g.exclude or filters.exclude),
-            latest=g.latest if g.latest is not None else filters.latest,
-            exclude_newer=g.exclude_newer or filters.exclude_newer,
-        )
-    _check_filters(filters)
-    job = MirrorJob(
-        url=table["url"],
-        target=table["dir"],
-        subdirs=tuple(g.subdir or table.get("subdirs", ())),
-        filters=filters,
-        jobs=g.jobs if g.jobs is not None else table.get("jobs", 16),
-        dry_run=g.dry_run,
-        keep_removed=g.keep_removed or table.get("keep_removed", False),
-        bz2=g.bz2 or table.get("bz2", False),
-        retries=g.retries if g.retries is not None else table.get("retries", 3),
-        zstd_level=g.zstd_level if g.zstd_level is not None else table.get("zstd_level"),
-        repair=g.repair,
-        max_delete=float(g.max_delete if g.max_delete is not None else table.get("max_delete", 50)),
-        s3=g.s3,
-        shards=not g.no_shards and table.get("shards", True),
-        shard_grace=_grace(g.shard_grace or table.get("shard_grace", "15m")),
-        closure=closure_options(
-            closure_from(table),
-            g.lock,
-            g.solve,
-            g.platform,
-            g.virtual_package,
-            g.with_deps,
-            g.keep_unselected,
-        ),
-    )
-    _check_job(job)
-    return job
 
 
 def _write_metrics_file(path: str, reports: list[MirrorReport], log_format: str) -> None:
@@ -413,13 +204,6 @@ def _write_metrics_file(path: str, reports: list[MirrorReport], log_format: str)
             json_line("error", "error", message=message)
         else:
             print(f"error: {message}", file=sys.stderr)
-
-
-def _grace(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise UsageError(f"--shard-grace: {exc}") from None
 
 
 _T = TypeVar("_T")

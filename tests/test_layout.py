@@ -23,6 +23,7 @@ LAYERS = {
     "condasync.cli": 4,
     "condasync.config": 4,
     "condasync.display": 4,
+    "condasync.mirror_options": 4,
     "condasync.__main__": 4,
 }
 NO_IO_IN_CHANNEL = ("os", "asyncio", "httpx", "aiohttp", "rich", "obstore", "socket", "shutil")
@@ -62,7 +63,13 @@ def internal_imports(name: str) -> set[str]:
     return {m for m in imports_of(name) if m in MODULES and m != name}
 
 
-CLI_LAYER = ("condasync.cli", "condasync.config", "condasync.display", "condasync.__main__")
+CLI_LAYER = (
+    "condasync.cli",
+    "condasync.config",
+    "condasync.display",
+    "condasync.mirror_options",
+    "condasync.__main__",
+)
 
 
 def layer(name: str) -> tuple[str, int]:
