@@ -5,7 +5,6 @@ of what the filters select, plus what --keep-unselected keeps. Returns filenames
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import tempfile
 import time
@@ -17,15 +16,13 @@ from typing import Any
 
 import msgspec
 
-from condasync.channel.bigindex import Index, encode_index, parse_index
+from condasync.channel.bigindex import Index, parse_index
 from condasync.engine.closure_state import (
     SelectionState,
     inputs_hash,
     keep_ms,
     load_index,
     load_selection,
-    local_cache_path,
-    local_index,
     save_index,
 )
 from condasync.engine.fetch import IndexFetch
@@ -40,6 +37,7 @@ from condasync.engine.solver import (
     run_solves,
     virtual_packages,
 )
+from condasync.engine.solverfiles import HeldIndexes, SolverFiles, write_index_files
 from condasync.engine.upstream import Upstream
 from condasync.errors import UpstreamError, UsageError
 from condasync.models import Event, MirrorReport
@@ -60,60 +58,6 @@ class ClosureResult:
     bodies: dict[str, bytes] = field(default_factory=dict)
     previous: SelectionState = field(default_factory=SelectionState)
     staged: dict[str, Path] = field(default_factory=dict)
-
-
-@dataclass
-class _Files:
-    """Where the solver's index files go: a temp folder, or (new upstream indexes of a local
-    target) beside the kept copy as `.new`, renamed over it once the selection is known."""
-
-    tmp: Path
-    staged: dict[str, Path]
-
-
-@dataclass
-class _Held:
-    """This run's upstream documents (600k records: 355 MB each). The parent lets them go
-    while the solver child maps the same bytes from their files, so the two never hold
-    them at once, and reads them back afterwards."""
-
-    bodies: dict[str, bytes]
-    new_bodies: dict[str, bytes]  # fetched this run: to keep for the next run's solves
-    upstreams: dict[str, Upstream]
-    away: dict[str, tuple[str, tuple[int, int, int], bool]] = field(default_factory=dict)
-
-    def release(self, indexes: dict[str, Index], paths: dict[str, str]) -> None:
-        """Let go of the documents whose solver file holds exactly their bytes."""
-        for subdir, path in paths.items():
-            st = os.stat(path)
-            if st.st_size != len(self.bodies[subdir]):
-                continue
-            upstream = self.upstreams[subdir]
-            fetched = upstream.fetched.body is not None
-            self.away[subdir] = (path, (st.st_ino, st.st_size, st.st_mtime_ns), fetched)
-            indexes[subdir].detach_body()
-            self.bodies[subdir] = b""
-            if subdir in self.new_bodies:
-                self.new_bodies[subdir] = b""
-            upstream.fetched.body = None
-        gc.collect()  # what the fetch and the parse left in cycles goes before the child peaks
-
-    def restore(self, indexes: dict[str, Index]) -> None:
-        """Read the documents back from their files, which must be as the solver read them."""
-        for subdir, (path, seen, fetched) in self.away.items():
-            body = Path(path).read_bytes()
-            st = os.stat(path)
-            if (st.st_ino, st.st_size, st.st_mtime_ns) != seen or len(body) != seen[1]:
-                raise SelectionError(
-                    f"{subdir}: the index file {path} changed during the solve; nothing was written"
-                )
-            indexes[subdir].attach_body(body, seen[1])
-            self.bodies[subdir] = body
-            if subdir in self.new_bodies:
-                self.new_bodies[subdir] = body
-            if fetched:
-                self.upstreams[subdir].fetched.body = body
-        self.away.clear()
 
 
 @dataclass
@@ -155,7 +99,7 @@ async def select_closure(
         _say(listen, "closure: upstream and inputs unchanged, nothing to solve")
         return None
     clock = time.monotonic()
-    held = _Held({}, {}, {u.subdir: u for u in ok})
+    held = HeldIndexes({}, {}, {u.subdir: u for u in ok})
     indexes: dict[str, Index] = {}
     for u in ok:
         u.fetched.zst = None  # a selection is never published as upstream's own .zst
@@ -176,7 +120,7 @@ async def select_closure(
     staged: dict[str, Path] = {}  # new upstream indexes written where they are kept, as .new
     try:
         with tempfile.TemporaryDirectory(prefix="condasync-solve-") as tmp:
-            files = _Files(Path(tmp), staged)
+            files = SolverFiles(Path(tmp), staged)
             solved = await _solve_all(job, storage, work, held, prev, files, listen)
     except BaseException:
         for path in staged.values():
@@ -307,9 +251,9 @@ async def _solve_all(
     job: MirrorJob,
     storage: Any,
     work: _Work,
-    held: _Held,
+    held: HeldIndexes,
     prev: SelectionState,
-    files: _Files,
+    files: SolverFiles,
     listen: Listener,
 ) -> dict[str, list[str]]:
     """Every --solve platform and --with-deps group, in one child process."""
@@ -322,7 +266,9 @@ async def _solve_all(
         return {}
     clock = time.monotonic()
     with SolverProcess() as child:  # it starts up while the index files are written
-        paths, exact = await asyncio.to_thread(_index_files, job, storage, work, held, files)
+        paths, exact = await asyncio.to_thread(
+            write_index_files, job, storage, work.indexes, held, files
+        )
         work.report["timings"]["index_files"] = round(time.monotonic() - clock, 3)
         solves = _solves(job, platforms, groups, paths, prev)
         started = time.monotonic()
@@ -364,44 +310,6 @@ def _solves(
 
 def _sources(paths: dict[str, str], platform: str) -> dict[str, str]:
     return {s: paths[s] for s in dict.fromkeys((platform, "noarch")) if s in paths}
-
-
-def _index_files(
-    job: MirrorJob, storage: Any, work: _Work, held: _Held, files: _Files
-) -> tuple[dict[str, str], dict[str, str]]:
-    """A repodata.json file per subdir for the solver: the kept copy when upstream did not
-    change, else a temp file. `--exclude` takes its records out of the solver's input.
-    Returns (every path, the paths holding upstream's bytes exactly)."""
-    exclude = Filters(include=job.filters.exclude)
-    paths: dict[str, str] = {}
-    exact: dict[str, str] = {}
-    for subdir, index in work.indexes.items():
-        excluded = set(select_records(index, exclude, subdir)) if exclude.include else set()
-        if excluded:
-            sections = {
-                key: {fn: raw for fn, raw in records.items() if fn not in excluded}
-                for key, records in index.sections.items()
-            }
-            data = encode_index(index, subdir, sections)
-        else:
-            new = subdir in held.new_bodies
-            kept = None if new or job.dry_run else local_index(storage, subdir)
-            if kept is not None:
-                paths[subdir] = exact[subdir] = kept
-                continue
-            data = held.bodies[subdir]
-            cache = None if job.dry_run else local_cache_path(storage, subdir)
-            if cache is not None:  # written once: this file becomes the kept copy
-                staged = files.staged[subdir] = cache.with_name(cache.name + ".new")
-                staged.write_bytes(data)
-                paths[subdir] = exact[subdir] = str(staged)
-                continue
-        path = files.tmp / f"{subdir}.repodata.json"
-        path.write_bytes(data)
-        paths[subdir] = str(path)
-        if not excluded:
-            exact[subdir] = str(path)
-    return paths, exact
 
 
 def _with_deps_groups(work: _Work) -> dict[str, tuple[str, list[str], list[str], list[str]]]:

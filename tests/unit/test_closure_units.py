@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from condasync.channel.bigindex import Index, Lite, parse_index
-from condasync.engine.closure import _compare, _Held
+from condasync.engine.closure import _compare
 from condasync.engine.closure_state import keep_ms
 from condasync.engine.fetch import IndexFetch
 from condasync.engine.lockfiles import parse_explicit, parse_fragment, subdir_and_filename
@@ -23,6 +23,7 @@ from condasync.engine.solver import (
     run_solves,
     virtual_packages,
 )
+from condasync.engine.solverfiles import HeldIndexes as _Held
 from condasync.engine.upstream import Upstream
 from condasync.errors import UsageError
 
