@@ -73,6 +73,7 @@ def build_api(server: Server) -> FastAPI:
     app.state.server = server
     _validation_errors(app)
     _channel_routes(app, server)
+    _package_list_route(app, server)
     _task_routes(app, server)
     add_quetz_routes(app, server)
     _file_routes(app, ChannelFiles(server))
@@ -181,6 +182,10 @@ def _channel_routes(app: FastAPI, server: Server) -> None:
         server.reload()
         return {"name": channel.name, "deleted": True}
 
+
+def _package_list_route(app: FastAPI, server: Server) -> None:
+    """A channel's package list (a proxy channel's: what upstream offers)."""
+
     @app.get(
         "/api/channels/{name}/packages",
         response_model=list[PackageOut],
@@ -200,7 +205,7 @@ def _channel_routes(app: FastAPI, server: Server) -> None:
     ) -> list[dict[str, Any]]:
         """Package names with their latest version, summary and subdirs. A proxy channel lists
         what upstream offers."""
-        channel = await asyncio.to_thread(readable, name, who)
+        channel = await asyncio.to_thread(readable_channel, server, name, who)
         subdirs = await channel_subdirs(server, channel)
         indexes = await asyncio.to_thread(read_indexes, server.store, channel.name, subdirs)
         channeldata = await asyncio.to_thread(read_json, server.store, channel.name)
