@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from condasync.channel.bigindex import Index
 from condasync.channel.cut import _last_non_ws, _object_end, _opens_section, _skip_ws
 from condasync.channel.shards import NameRecords, package_name
 
@@ -129,6 +130,15 @@ def find_runs(body: bytes, order: Mapping[str, Sequence[str]]) -> dict[str, list
         for name, run in found:
             runs.setdefault(name, []).append(run)
     return runs
+
+
+def index_groups(index: Index, order: Mapping[str, Sequence[str]]) -> RunGroups | None:
+    """The records of `index` (whose sections list `order`'s filenames) grouped by name as
+    runs of its bytes; None unless it is plain with every key once, or on any doubt."""
+    if not (index.unique and index.plain):
+        return None
+    runs = find_runs(index.body, order)
+    return None if runs is None else RunGroups(index.body, order, runs, index.removed)
 
 
 class RunGroups(Mapping[str, NameRecords]):

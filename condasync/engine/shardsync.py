@@ -15,7 +15,7 @@ import orjson
 from condasync.channel.bigindex import Index, published_sections
 from condasync.channel.repodata import gc_paused
 from condasync.channel.shardencode import Encoded, assemble_shard
-from condasync.channel.shardruns import RunGroups, find_runs
+from condasync.channel.shardruns import index_groups
 from condasync.channel.shards import (
     SHARDS_DIR,
     NameRecords,
@@ -83,11 +83,8 @@ class SubdirShards:
         clock = time.monotonic()
         with gc_paused():  # a million new objects, none of them cyclic
             whole = published is None and not skip and not kept_removed
-            runs = None
-            if order is not None and whole and index.unique and index.plain:
-                runs = find_runs(index.body, order)
-            if order is not None and runs is not None:
-                groups = RunGroups(index.body, order, runs, index.removed)
+            groups = index_groups(index, order) if order is not None and whole else None
+            if groups is not None:
                 self._prepare(lambda: groups, groups.digests, replace)
             else:
                 sections = published_sections(index, published, skip, kept_removed)
