@@ -143,8 +143,8 @@ def index_groups(index: Index, order: Mapping[str, Sequence[str]]) -> RunGroups 
 
 class RunGroups(Mapping[str, NameRecords]):
     """The published records grouped by name, as runs of `body`: a name's digest comes from
-    its runs' bytes, and its records are decoded only when asked for (then kept, since
-    callers may change them)."""
+    its runs' bytes, and its records are copied out of them only when asked for (afresh
+    each time: kept, 600k records would double the document's memory on a first write)."""
 
     def __init__(
         self,
@@ -160,13 +160,9 @@ class RunGroups(Mapping[str, NameRecords]):
                 name = package_name(gone)
                 if name in runs:
                     self.removed.setdefault(name, []).append(gone)
-        self._groups: dict[str, NameRecords] = {}
 
     def __getitem__(self, name: str) -> NameRecords:
-        group = self._groups.get(name)
-        if group is None:
-            group = self._groups[name] = self._decode(name)
-        return group
+        return self._decode(name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.runs)

@@ -6,8 +6,9 @@ final one before repodata.json.zst, and strays and orphans after the deletions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -175,13 +176,19 @@ class SubdirShards:
             return
         clock = time.monotonic()
         affected = {package_name(fn) for fn in skip} & self.groups.keys()
+        changed = {}
         for name in affected:
             group = self.groups[name]
-            group.packages = {fn: r for fn, r in group.packages.items() if fn not in skip}
-            group.conda = {fn: r for fn, r in group.conda.items() if fn not in skip}
-            group.hasher = None  # its records changed: hashed again from them
+            changed[name] = NameRecords(
+                {fn: r for fn, r in group.packages.items() if fn not in skip},
+                {fn: r for fn, r in group.conda.items() if fn not in skip},
+                group.removed,
+            )  # no hasher: its records changed, so hashed again from them
+        # looked up first from now on (RunGroups decodes afresh each time); a ChainMap
+        # changes only its first map
+        self.groups = ChainMap(changed, cast(MutableMapping[str, NameRecords], self.groups))
         keep = affected & self.final.encoded.keys()
-        redone = self.pub.plan({n: self.groups[n] for n in affected}, False, keep)
+        redone = self.pub.plan(changed, False, keep)
         for name in affected:
             self.final.names.pop(name, None)
             self.final.encoded.pop(name, None)
