@@ -118,8 +118,9 @@ def _section_runs(body: bytes, section: str, names: Sequence[str]) -> list[tuple
 def find_runs(body: bytes, order: Mapping[str, Sequence[str]]) -> dict[str, list[Run]] | None:
     """Each package name's runs, in section order ("packages", then "packages.conda") and
     document order, for a plain document whose sections list `order`'s filenames (as msgspec
-    parsed them, each once). None on any doubt."""
+    parsed them, each once, and none in both). None on any doubt."""
     runs: dict[str, list[Run]] = {}
+    spans = []
     for section in ("packages", "packages.conda"):
         names = order.get(section, ())
         if not names:
@@ -127,8 +128,11 @@ def find_runs(body: bytes, order: Mapping[str, Sequence[str]]) -> dict[str, list
         found = _section_runs(body, section, names)
         if found is None:
             return None
+        spans.append((found[0][1].start, found[-1][1].end))
         for name, run in found:
             runs.setdefault(name, []).append(run)
+    if len(spans) == 2 and spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]:
+        return None  # the sections overlap: some key was found in the other one
     return runs
 
 
@@ -137,6 +141,8 @@ def index_groups(index: Index, order: Mapping[str, Sequence[str]]) -> RunGroups 
     runs of its bytes; None unless it is plain with every key once, or on any doubt."""
     if not (index.unique and index.plain):
         return None
+    if not set(order.get("packages", ())).isdisjoint(order.get("packages.conda", ())):
+        return None  # a filename in both sections (a lazily parsed index may have one)
     runs = find_runs(index.body, order)
     return None if runs is None else RunGroups(index.body, order, runs, index.removed)
 

@@ -169,3 +169,17 @@ def test_a_run_that_does_not_decode_as_expected_is_refused() -> None:
                                        runs[0].start, runs[0].end)]  # fmt: skip
     with pytest.raises(ValueError):
         build_shard(groups[name])
+
+
+def test_a_filename_in_both_sections_gets_no_runs_even_when_parsed_lazily() -> None:
+    # the .conda section's key written escaped, and the same filename raw in "packages"
+    body = (
+        b'{"packages.conda": {"a-1-0.conda": {"size": 1}, "b-1-0\\u002econda": {"size": 2}},'
+        b' "packages": {"c-1-0.tar.bz2": {"size": 3}, "b-1-0.conda": {"size": 4}}}'
+    )
+    index = parse_index(body, "linux-64", lazy=True)
+    assert index_groups(index, index.order) is None
+    # and find_runs alone refuses the overlap it would find
+    from condasync.channel.shardruns import find_runs
+
+    assert find_runs(body, index.order) is None
