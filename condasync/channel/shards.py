@@ -73,36 +73,21 @@ class NameRecords:
 
     @property
     def packages(self) -> dict[str, bytes | msgspec.Raw]:
-        if self._packages is None:
-            self._unpack()
-        assert self._packages is not None
-        return self._packages
-
-    @packages.setter
-    def packages(self, value: dict[str, bytes | msgspec.Raw]) -> None:
-        self._unpack()
-        self._packages = value
+        return self._unpack()[0]
 
     @property
     def conda(self) -> dict[str, bytes | msgspec.Raw]:
-        if self._conda is None:
-            self._unpack()
-        assert self._conda is not None
-        return self._conda
+        return self._unpack()[1]
 
-    @conda.setter
-    def conda(self, value: dict[str, bytes | msgspec.Raw]) -> None:
-        self._unpack()
-        self._conda = value
-
-    def _unpack(self) -> None:
-        """The `written` sections decoded into the dicts (which then replace them)."""
-        if self.written is None:
-            return
-        sections = {key: written_entries(data, keys) for key, (data, keys) in self.written.items()}
-        self._packages = sections.get("packages", {})
-        self._conda = sections.get("packages.conda", {})
-        self.written = None
+    def _unpack(self) -> tuple[dict[str, bytes | msgspec.Raw], dict[str, bytes | msgspec.Raw]]:
+        """(packages, conda), decoded from `written` on first use (which they then replace)."""
+        if self.written is not None:
+            found = {key: written_entries(data, keys) for key, (data, keys) in self.written.items()}
+            self._packages = found.get("packages", {})
+            self._conda = found.get("packages.conda", {})
+            self.written = None
+        assert self._packages is not None and self._conda is not None
+        return self._packages, self._conda
 
     def filenames(self) -> tuple[list[str], list[str]]:
         """The filenames of `packages` and of `conda` (not decoding `written` ones)."""
