@@ -53,6 +53,8 @@ class _Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc
 _decode_structs = msgspec.json.Decoder(list[_Record])
 _split_records = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
 _decode_any = msgspec.json.Decoder(list[Any])
+_decode_struct_map = msgspec.json.Decoder(dict[str, _Record])
+_decode_any_map = msgspec.json.Decoder(dict[str, Any])
 
 
 def _binary(text: Any, size: int) -> bytes | None:
@@ -78,9 +80,32 @@ def _decode_records(
     try:
         structs = _decode_structs.decode(data)
     except msgspec.ValidationError:  # another field, or a record that is not an object
-        return _decode_dicts(data, len(ordered))
+        docs = _decode_any.decode(data)
+        if len(docs) != len(ordered):  # a value that is not one JSON value: never from msgspec
+            raise ValueError("a record's JSON is not a single value") from None
+        return docs, _bin_dicts(docs)
     if len(structs) != len(ordered):  # a value that is not one JSON value: never from msgspec
         raise ValueError("a record's JSON is not a single value")
+    return structs, _bin_structs(structs)
+
+
+def _decode_written(data: bytes, keys: list[str]) -> tuple[list[str], list[Any], int]:
+    """`_decode_records` for a `written` section (NameRecords): (its filenames sorted, their
+    records, the newest timestamp)."""
+    try:
+        entries: dict[str, Any] = _decode_struct_map.decode(data)
+        structs = True
+    except msgspec.ValidationError:  # another field, or a record that is not an object
+        entries, structs = _decode_any_map.decode(data), False
+    if list(entries) != keys:
+        raise ValueError("a written section does not hold the entries it should")
+    ordered = sorted(entries)
+    docs = [entries[fn] for fn in ordered]
+    return ordered, docs, _bin_structs(docs) if structs else _bin_dicts(docs)
+
+
+def _bin_structs(structs: list[Any]) -> int:
+    """Hashes to bin in typed records (see _binary); returns the newest int timestamp."""
     newest = 0
     fromhex = bytes.fromhex
     for record in structs:  # _binary, inlined (a call per hash costs 0.1 s in 600k records)
@@ -107,14 +132,11 @@ def _decode_records(
         ts = record.timestamp
         if ts.__class__ is int and ts > newest:
             newest = ts
-    return structs, newest
+    return newest
 
 
-def _decode_dicts(data: bytes, count: int) -> tuple[list[Any], int]:
-    """`_decode_records` for records of any shape."""
-    docs = _decode_any.decode(data)
-    if len(docs) != count:  # a value that is not one JSON value: never from msgspec
-        raise ValueError("a record's JSON is not a single value")
+def _bin_dicts(docs: list[Any]) -> int:
+    """`_bin_structs` for records of any shape."""
     newest = 0
     for record in docs:
         if record.__class__ is not dict:
@@ -130,7 +152,7 @@ def _decode_dicts(data: bytes, count: int) -> tuple[list[Any], int]:
         ts = record.get("timestamp")
         if ts.__class__ is int and ts > newest:
             newest = ts
-    return docs, newest
+    return newest
 
 
 def _newest(record: Any) -> int:
@@ -188,9 +210,14 @@ def build_shard(group: NameRecords, keep: bool = False, compressed: bool = True)
     encoded = Encoded({}, {}) if keep else None
     newest = 0
     encode = shard_encoder.encode
-    for key, records in zip(SECTIONS, (group.packages, group.conda), strict=True):
-        ordered = sorted(records)
-        docs, top = _decode_records(ordered, records)
+    for key in SECTIONS:
+        if group.written is not None:  # decoded straight from upstream's bytes
+            data, keys = group.written.get(key, (b"{}", []))
+            ordered, docs, top = _decode_written(data, keys)
+        else:
+            records = group.packages if key == "packages" else group.conda
+            ordered = sorted(records)
+            docs, top = _decode_records(ordered, records)
         newest = max(newest, top)
         if encoded is None:  # the shard encoded in one go
             doc[key] = dict(zip(ordered, docs, strict=True))

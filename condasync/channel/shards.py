@@ -9,7 +9,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -43,15 +43,67 @@ def package_name(filename: str) -> str:
     return filename.rsplit("-", 2)[0]
 
 
-@dataclass
+Written = dict[str, tuple[bytes, list[str]]]  # section -> (JSON object, its keys in order)
+_raw_entries = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
 class NameRecords:
-    """One package name's records, as raw JSON, and its `removed` filenames."""
+    """One package name's records, as raw JSON, and its `removed` filenames.
 
-    packages: dict[str, bytes | msgspec.Raw] = field(default_factory=dict)
-    conda: dict[str, bytes | msgspec.Raw] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)
+    The records may come `written` instead (see shardruns): per section, one JSON object of
+    exactly these entries as upstream wrote them, and its keys in order. `packages` and
+    `conda` are then decoded from it on first use, and `build_shard` decodes it straight
+    into records."""
 
-    hasher: Any = None  # the digest so far, fed while grouping (None: computed from scratch)
+    __slots__ = ("_conda", "_packages", "hasher", "removed", "written")
+
+    def __init__(
+        self,
+        packages: dict[str, bytes | msgspec.Raw] | None = None,
+        conda: dict[str, bytes | msgspec.Raw] | None = None,
+        removed: list[str] | None = None,
+        hasher: Any = None,  # the digest so far, fed while grouping (None: from the records)
+        written: Written | None = None,
+    ) -> None:
+        self._packages = packages if packages is not None or written else {}
+        self._conda = conda if conda is not None or written else {}
+        self.removed = removed if removed is not None else []
+        self.hasher = hasher
+        self.written = written
+
+    @property
+    def packages(self) -> dict[str, bytes | msgspec.Raw]:
+        return self._unpack()[0]
+
+    @property
+    def conda(self) -> dict[str, bytes | msgspec.Raw]:
+        return self._unpack()[1]
+
+    def _unpack(self) -> tuple[dict[str, bytes | msgspec.Raw], dict[str, bytes | msgspec.Raw]]:
+        """(packages, conda), decoded from `written` on first use (which they then replace)."""
+        if self.written is not None:
+            found = {key: written_entries(data, keys) for key, (data, keys) in self.written.items()}
+            self._packages = found.get("packages", {})
+            self._conda = found.get("packages.conda", {})
+            self.written = None
+        assert self._packages is not None and self._conda is not None
+        return self._packages, self._conda
+
+    def filenames(self) -> tuple[list[str], list[str]]:
+        """The filenames of `packages` and of `conda` (not decoding `written` ones)."""
+        written = self.written
+        if written is not None:
+            none: tuple[bytes, list[str]] = (b"", [])
+            return list(written.get("packages", none)[1]), list(
+                written.get("packages.conda", none)[1]
+            )
+        return list(self.packages), list(self.conda)
+
+    def empty(self) -> bool:
+        """No record (a name listed only in `removed`)."""
+        if self.written is not None:
+            return not any(keys for _, keys in self.written.values())
+        return not self.packages and not self.conda
 
     def digest(self) -> bytes:
         """A hash of what this name publishes, in upstream order: unchanged records give the
@@ -61,6 +113,14 @@ class NameRecords:
             h.update(b"\x01" + filename.encode())
         result: bytes = h.digest()
         return result
+
+
+def written_entries(data: bytes, keys: list[str]) -> dict[str, bytes | msgspec.Raw]:
+    """The entries of a `written` section; ValueError unless they are exactly `keys`."""
+    entries: dict[str, Any] = _raw_entries.decode(data)
+    if list(entries) != keys:
+        raise ValueError("a written section does not hold the entries it should")
+    return entries
 
 
 def _record_hasher(group: NameRecords) -> Any:

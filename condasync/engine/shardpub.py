@@ -124,20 +124,26 @@ def plan_shards(
     keep: Set[str] = frozenset(),
 ) -> ShardSet:
     """Encode only the names whose records' digest is not the one `known` has for them.
-    `digests` (name -> digest hex) caches digests across calls for the same groups; `keep`:
-    names whose records' encodings the result keeps (ShardSet.encoded)."""
+    `digests` (name -> digest hex) caches digests across calls for the same groups (and may
+    come filled, for groups that are costly to look up); `keep`: names whose records'
+    encodings the result keeps (ShardSet.encoded)."""
     out = ShardSet()
-    for name, group in groups.items():
-        if not group.packages and not group.conda:
-            continue  # a name listed only in `removed` needs no shard
+    for name in groups:  # a group is looked up only when needed (see shardruns.RunGroups)
         digest = digests.get(name) if digests is not None else None
+        group = None
         if digest is None:
+            group = groups[name]
+            if group.empty():
+                continue  # a name listed only in `removed` needs no shard
             digest = group.digest().hex()
             if digests is not None:
                 digests[name] = digest
         previous = known.get(name)
         if previous is not None and previous[0] == digest:
             out.names[name] = previous
+            continue
+        group = groups[name] if group is None else group
+        if group.empty():
             continue
         shard = build_shard(group, name in keep)
         out.add(name, digest, shard)

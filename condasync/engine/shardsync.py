@@ -6,8 +6,9 @@ final one before repodata.json.zst, and strays and orphans after the deletions.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections import ChainMap
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, cast
 
 import msgspec
 import orjson
@@ -15,6 +16,7 @@ import orjson
 from condasync.channel.bigindex import Index, published_sections
 from condasync.channel.repodata import gc_paused
 from condasync.channel.shardencode import Encoded, assemble_shard
+from condasync.channel.shardruns import index_groups
 from condasync.channel.shards import (
     SHARDS_DIR,
     NameRecords,
@@ -47,12 +49,15 @@ class SubdirShards:
         self.enabled, self.grace = enabled, grace
         self.started_ns = time.time_ns()
         self._pub: ShardPublisher | None = None  # its state is read in a worker thread
-        self.groups: dict[str, NameRecords] = {}
+        self.groups: Mapping[str, NameRecords] = {}
         self.final: ShardSet | None = None
         # the replaced names' interim shards, made ahead for `replaced` (see publish_interim)
         self.partial: ShardSet | None = None
         self.replaced: frozenset[str] = frozenset()
         self.listed: dict[str, tuple[int, int]] | None = None  # shards/ when listed
+        # the index's filenames per section (Index.order, kept for prepare after the plan
+        # freed them)
+        self.order: Mapping[str, Sequence[str]] | None = None
         self.seconds = 0.0
 
     @property
@@ -71,11 +76,21 @@ class SubdirShards:
     ) -> None:
         """Group the published records and encode the names that changed, and the interim
         shards for `replace` (the files about to change under their name). Nothing is
-        published; new shard files go to the staging folder."""
-        if self.enabled:
-            with gc_paused():  # a million new objects, none of them cyclic
+        published; new shard files go to the staging folder. With `order` set, a mirror that
+        publishes every upstream record finds the changed names in upstream's bytes."""
+        order, self.order = self.order, None
+        if not self.enabled:
+            return
+        clock = time.monotonic()
+        with gc_paused():  # a million new objects, none of them cyclic
+            whole = published is None and not skip and not kept_removed
+            groups = index_groups(index, order) if order is not None and whole else None
+            if groups is not None:
+                self._prepare(lambda: groups, groups.digests, replace)
+            else:
                 sections = published_sections(index, published, skip, kept_removed)
-                self.prepare_sections(sections, index.removed, replace)
+                self._prepare(lambda: group_by_name(sections, index.removed), dict, replace)
+        self.seconds += time.monotonic() - clock
 
     def prepare_sections(
         self,
@@ -84,6 +99,17 @@ class SubdirShards:
         replace: Iterable[str] = (),
     ) -> None:
         clock = time.monotonic()
+        self._prepare(lambda: group_by_name(sections, removed), dict, replace)
+        self.seconds += time.monotonic() - clock
+
+    def _prepare(
+        self,
+        grouping: Callable[[], Mapping[str, NameRecords]],
+        digests: Callable[[], dict[str, str]],
+        replace: Iterable[str],
+    ) -> None:
+        """`grouping` the published records by name (and `digests` those of each name, when
+        the groups have them ready), plan the final and interim shards."""
         folder = f"{self.subdir}/{SHARDS_DIR}"
         self.storage.clear_staging(folder)  # a killed run's staged shards
         seen = self.storage.stat(folder) if self.storage.local else None
@@ -101,7 +127,8 @@ class SubdirShards:
             pub.published = {
                 name: entry for name, entry in pub.published.items() if entry[1] in present
             }
-        self.groups = group_by_name(sections, removed)
+        self.groups = grouping()
+        pub.digests.update(digests())
         self.replaced = frozenset(replace)
         keep = {package_name(fn) for fn in self.replaced}  # encoded again for the interim
         self.final = pub.plan(self.groups, keep=keep)
@@ -109,7 +136,6 @@ class SubdirShards:
             self.partial = self._plan_partial(self.replaced)
         if pub.stager is not None:
             pub.stager.start()  # the new files are written while the downloads finish
-        self.seconds += time.monotonic() - clock
 
     def _plan_partial(self, exclude: frozenset[str]) -> ShardSet:
         """Shards of the names of `exclude` without those files: made of the final shards'
@@ -121,21 +147,23 @@ class SubdirShards:
             group = self.groups.get(name)
             if group is None:
                 continue
-            interim = NameRecords(
-                {fn: r for fn, r in group.packages.items() if fn not in exclude},
-                {fn: r for fn, r in group.conda.items() if fn not in exclude},
-                list(group.removed),
+            packages, conda = (
+                [fn for fn in filenames if fn not in exclude] for filenames in group.filenames()
             )
-            wanted = interim.packages.keys() | interim.conda.keys()
-            encoded = self.final.encoded.get(name)
+            wanted = {*packages, *conda}
             if not wanted:
                 continue  # no record left: no shard (as plan_shards)
-            if encoded is not None and _holds(encoded, interim):
-                shard = assemble_shard(encoded, interim.removed, _filenames(encoded) - wanted)
+            encoded = self.final.encoded.get(name)
+            if encoded is not None and _holds(encoded, packages, conda):
+                shard = assemble_shard(encoded, group.removed, _filenames(encoded) - wanted)
                 out.add(name, INTERIM, shard)
                 self.pub.stage(shard.sha.hex(), shard.data)
             else:
-                todo[name] = interim
+                todo[name] = NameRecords(
+                    {fn: group.packages[fn] for fn in packages},
+                    {fn: group.conda[fn] for fn in conda},
+                    list(group.removed),
+                )
         if todo:
             more = self.pub.plan(todo, final=False)
             out.names.update(more.names)
@@ -148,13 +176,19 @@ class SubdirShards:
             return
         clock = time.monotonic()
         affected = {package_name(fn) for fn in skip} & self.groups.keys()
+        changed = {}
         for name in affected:
             group = self.groups[name]
-            group.packages = {fn: r for fn, r in group.packages.items() if fn not in skip}
-            group.conda = {fn: r for fn, r in group.conda.items() if fn not in skip}
-            group.hasher = None  # its records changed: hashed again from them
+            changed[name] = NameRecords(
+                {fn: r for fn, r in group.packages.items() if fn not in skip},
+                {fn: r for fn, r in group.conda.items() if fn not in skip},
+                group.removed,
+            )  # no hasher: its records changed, so hashed again from them
+        # looked up first from now on (RunGroups decodes afresh each time); a ChainMap
+        # changes only its first map
+        self.groups = ChainMap(changed, cast(MutableMapping[str, NameRecords], self.groups))
         keep = affected & self.final.encoded.keys()
-        redone = self.pub.plan({n: self.groups[n] for n in affected}, False, keep)
+        redone = self.pub.plan(changed, False, keep)
         for name in affected:
             self.final.names.pop(name, None)
             self.final.encoded.pop(name, None)
@@ -226,11 +260,11 @@ def _filenames(encoded: Encoded) -> set[str]:
     return {fn for records in encoded.sections.values() for fn in records}
 
 
-def _holds(encoded: Encoded, group: NameRecords) -> bool:
-    """Whether `encoded` has a record for each of the group's (in its section)."""
+def _holds(encoded: Encoded, packages: Iterable[str], conda: Iterable[str]) -> bool:
+    """Whether `encoded` has a record for each of these filenames (in its section)."""
     sections = encoded.sections
-    return group.packages.keys() <= sections.get("packages", {}).keys() and (
-        group.conda.keys() <= sections.get("packages.conda", {}).keys()
+    return sections.get("packages", {}).keys() >= set(packages) and (
+        sections.get("packages.conda", {}).keys() >= set(conda)
     )
 
 

@@ -169,6 +169,7 @@ class _Planned:
     strays_first: bool = False
     kept_removed: dict[str, msgspec.Raw] = field(default_factory=dict)
     shards: SubdirShards | None = None
+    order: dict[str, list[str]] | None = None  # the index's filenames, for the shards
 
 
 async def _sync_changed(
@@ -251,6 +252,8 @@ def _plan_changes(run: Run, upstream: Upstream, report: SubdirReport) -> _Planne
         )
         if planned.published is not None and len(planned.published) <= LOCATE_MAX:
             index.records(planned.published)  # located now: publishing needs no raw pass
+        elif planned.published is None and job.shards:
+            planned.order = index.order  # shards find changed names by them (shardruns)
         del selected, differ, local
         index.forget_views()
         gc.freeze()  # later collections during downloads need not walk all that again
@@ -321,6 +324,7 @@ async def _download_and_prepare(
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
     shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
+    shards.order, planned.order = planned.order, None  # freed once the shards are prepared
     shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded (and staged) meanwhile too
         asyncio.to_thread(
             shards.prepare, index, planned.published, set(), planned.kept_removed, plan.replace
