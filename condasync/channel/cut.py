@@ -38,13 +38,13 @@ class Span:
     next_key: int  # the next entry's key; -1 for the section's last entry
 
 
-def _skip_ws(data: bytes, pos: int) -> int:
+def skip_ws(data: bytes, pos: int) -> int:
     while pos < len(data) and data[pos] in _WS:
         pos += 1
     return pos
 
 
-def _last_non_ws(data: bytes, pos: int) -> int:
+def last_non_ws(data: bytes, pos: int) -> int:
     """The last non-whitespace byte before `pos` (-1 if none)."""
     pos -= 1
     while pos >= 0 and data[pos] in _WS:
@@ -60,14 +60,14 @@ def _find_key(data: bytes, filename: str, start: int) -> int:
     needle = b'"' + filename.encode() + b'"'
     pos = data.find(needle, start)
     while pos >= 0:
-        colon = _skip_ws(data, pos + len(needle))
+        colon = skip_ws(data, pos + len(needle))
         if colon < len(data) and data[colon] == _COLON:
             return pos
         pos = data.find(needle, pos + 1)
     return -1
 
 
-def _object_end(data: bytes, pos: int) -> int:
+def object_end(data: bytes, pos: int) -> int:
     """Just past the JSON object starting at `pos` ("{"); -1 if it is not one."""
     if pos >= len(data) or data[pos] != _OPEN:
         return -1
@@ -88,11 +88,11 @@ def _object_end(data: bytes, pos: int) -> int:
     return -1
 
 
-def _opens_section(data: bytes, key: int, section: str) -> bool:
+def opens_section(data: bytes, key: int, section: str) -> bool:
     """Whether the key at `key` directly follows `"<section>": {`."""
-    brace = _last_non_ws(data, key)
-    colon = _last_non_ws(data, brace) if brace >= 0 and data[brace] == _OPEN else -1
-    quote = _last_non_ws(data, colon) if colon >= 0 and data[colon] == _COLON else -1
+    brace = last_non_ws(data, key)
+    colon = last_non_ws(data, brace) if brace >= 0 and data[brace] == _OPEN else -1
+    quote = last_non_ws(data, colon) if colon >= 0 and data[colon] == _COLON else -1
     name = b'"' + section.encode() + b'"'
     return quote >= 0 and data[quote + 1 - len(name) : quote + 1] == name
 
@@ -107,7 +107,7 @@ def _section_spans(
     # The walk starts at the section's first key, right after `"<section>": {`: a copy of a
     # record elsewhere before it (in `info`, say) is never taken for the record.
     start = _find_key(data, names[0], 0)
-    while start >= 0 and not _opens_section(data, start, section):
+    while start >= 0 and not opens_section(data, start, section):
         start = _find_key(data, names[0], start + 1)
     if start < 0:
         return None
@@ -116,20 +116,20 @@ def _section_spans(
         key = known if known_at == i else _find_key(data, names[i], start)
         if key < 0:
             return None
-        before = _last_non_ws(data, key)
+        before = last_non_ws(data, key)
         if before < 0 or data[before] != (_OPEN if i == 0 else _COMMA):
             return None
-        value = _skip_ws(data, _skip_ws(data, key + len(names[i].encode()) + 2) + 1)
+        value = skip_ws(data, skip_ws(data, key + len(names[i].encode()) + 2) + 1)
         if i + 1 < len(names):
             next_key = _find_key(data, names[i + 1], value)
-            comma = _last_non_ws(data, next_key) if next_key >= 0 else -1
+            comma = last_non_ws(data, next_key) if next_key >= 0 else -1
             if comma < 0 or data[comma] != _COMMA:
                 return None
-            end = _last_non_ws(data, comma) + 1
+            end = last_non_ws(data, comma) + 1
             known, known_at, start = next_key, i + 1, next_key
         else:
-            next_key, end = -1, _object_end(data, value)
-            after = _skip_ws(data, end) if end >= 0 else len(data)
+            next_key, end = -1, object_end(data, value)
+            after = skip_ws(data, end) if end >= 0 else len(data)
             if after >= len(data) or data[after] != _CLOSE:
                 return None
         if end <= value:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from condasync.channel.bigindex import Index
-from condasync.channel.cut import _last_non_ws, _object_end, _opens_section, _skip_ws
+from condasync.channel.cut import last_non_ws, object_end, opens_section, skip_ws
 from condasync.channel.shards import NameRecords, package_name
 
 _COMMA, _OPEN, _CLOSE = 0x2C, 0x7B, 0x7D
@@ -63,7 +63,7 @@ def _before(body: bytes, pos: int) -> int:
     """The last non-whitespace byte before `pos` (-1 if none)."""
     low = max(0, pos - 64)
     kept = body[low:pos].rstrip(_WS)
-    return low + len(kept) - 1 if kept else _last_non_ws(body, low)
+    return low + len(kept) - 1 if kept else last_non_ws(body, low)
 
 
 def _boundaries(names: Sequence[str]) -> list[tuple[str, int]]:
@@ -83,7 +83,7 @@ def _boundaries(names: Sequence[str]) -> list[tuple[str, int]]:
 def _section_runs(body: bytes, section: str, names: Sequence[str]) -> list[tuple[str, Run]] | None:
     """The runs of one section, in order; None on any doubt."""
     first, brace = _entry_key(body, names[0], 0)
-    while first >= 0 and not _opens_section(body, first, section):
+    while first >= 0 and not opens_section(body, first, section):
         first, brace = _entry_key(body, names[0], first + 1)
     if first < 0 or body[brace] != _OPEN:
         return None
@@ -101,9 +101,9 @@ def _section_runs(body: bytes, section: str, names: Sequence[str]) -> list[tuple
         last = _entry_key(body, names[-1], last + 1)[0]
         if last < 0:
             return None
-    value = _skip_ws(body, _skip_ws(body, last + len(names[-1].encode()) + 2) + 1)
-    end = _object_end(body, value)
-    after = _skip_ws(body, end) if end >= 0 else len(body)
+    value = skip_ws(body, skip_ws(body, last + len(names[-1].encode()) + 2) + 1)
+    end = object_end(body, value)
+    after = skip_ws(body, end) if end >= 0 else len(body)
     if after >= len(body) or body[after] != _CLOSE:
         return None
     ends = [*commas, end]  # a run ends before the comma after it (whitespace and all)
