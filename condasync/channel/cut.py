@@ -46,7 +46,11 @@ def skip_ws(data: bytes, pos: int) -> int:
 
 def last_non_ws(data: bytes, pos: int) -> int:
     """The last non-whitespace byte before `pos` (-1 if none)."""
-    pos -= 1
+    low = max(0, pos - 64)  # whitespace between tokens is short: one slice, almost always
+    kept = data[low:pos].rstrip(_WS)
+    if kept:
+        return low + len(kept) - 1
+    pos = low - 1
     while pos >= 0 and data[pos] in _WS:
         pos -= 1
     return pos
@@ -86,6 +90,14 @@ def object_end(data: bytes, pos: int) -> int:
                 return i + 1
         i += 1
     return -1
+
+
+def last_value_end(data: bytes, value: int) -> int:
+    """Just past a section's last value (the object at `value`), when the section closes
+    right after it; -1 otherwise."""
+    end = object_end(data, value)
+    after = skip_ws(data, end) if end >= 0 else len(data)
+    return end if after < len(data) and data[after] == _CLOSE else -1
 
 
 def opens_section(data: bytes, key: int, section: str) -> bool:
@@ -128,9 +140,8 @@ def _section_spans(
             end = last_non_ws(data, comma) + 1
             known, known_at, start = next_key, i + 1, next_key
         else:
-            next_key, end = -1, object_end(data, value)
-            after = skip_ws(data, end) if end >= 0 else len(data)
-            if after >= len(data) or data[after] != _CLOSE:
+            next_key, end = -1, last_value_end(data, value)
+            if end < 0:
                 return None
         if end <= value:
             return None

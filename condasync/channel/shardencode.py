@@ -15,9 +15,14 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from condasync.channel.shards import NameRecords, compress, shard_encoder
+from condasync.channel.shards import (
+    SECTIONS,
+    NameRecords,
+    check_written,
+    compress,
+    shard_encoder,
+)
 
-SECTIONS = ("packages", "packages.conda")
 _MAX_SECONDS = 253402300799  # a larger timestamp is in ms already (year 9999 in seconds)
 
 
@@ -97,8 +102,7 @@ def _decode_written(data: bytes, keys: list[str]) -> tuple[list[str], list[Any],
         structs = True
     except msgspec.ValidationError:  # another field, or a record that is not an object
         entries, structs = _decode_any_map.decode(data), False
-    if list(entries) != keys:
-        raise ValueError("a written section does not hold the entries it should")
+    check_written(entries, keys)
     ordered = sorted(entries)
     docs = [entries[fn] for fn in ordered]
     return ordered, docs, _bin_structs(docs) if structs else _bin_dicts(docs)

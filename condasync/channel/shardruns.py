@@ -20,11 +20,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from condasync.channel.bigindex import Index
-from condasync.channel.cut import last_non_ws, object_end, opens_section, skip_ws
+from condasync.channel.cut import last_non_ws, last_value_end, opens_section, skip_ws
 from condasync.channel.shards import NameRecords, package_name
 
-_COMMA, _OPEN, _CLOSE = 0x2C, 0x7B, 0x7D
-_WS = b" \t\r\n"
+_COMMA, _OPEN = 0x2C, 0x7B
 _VALUE_OBJECT = re.compile(rb"[ \t\r\n]*:[ \t\r\n]*\{")  # after a key: `:` and an object
 DIGEST_PREFIX = "runs:"  # never equal to a digest of the parsed records (NameRecords.digest)
 
@@ -52,18 +51,11 @@ def _entry_key(body: bytes, filename: str, start: int) -> tuple[int, int]:
     pos = body.find(needle, start)
     while pos >= 0:
         if follows(body, pos + len(needle)):
-            before = _before(body, pos)
+            before = last_non_ws(body, pos)
             if before >= 0 and body[before] in (_COMMA, _OPEN):
                 return pos, before
         pos = body.find(needle, pos + 1)
     return -1, -1
-
-
-def _before(body: bytes, pos: int) -> int:
-    """The last non-whitespace byte before `pos` (-1 if none)."""
-    low = max(0, pos - 64)
-    kept = body[low:pos].rstrip(_WS)
-    return low + len(kept) - 1 if kept else last_non_ws(body, low)
 
 
 def _boundaries(names: Sequence[str]) -> list[tuple[str, int]]:
@@ -102,9 +94,8 @@ def _section_runs(body: bytes, section: str, names: Sequence[str]) -> list[tuple
         if last < 0:
             return None
     value = skip_ws(body, skip_ws(body, last + len(names[-1].encode()) + 2) + 1)
-    end = object_end(body, value)
-    after = skip_ws(body, end) if end >= 0 else len(body)
-    if after >= len(body) or body[after] != _CLOSE:
+    end = last_value_end(body, value)
+    if end < 0:
         return None
     ends = [*commas, end]  # a run ends before the comma after it (whitespace and all)
     firsts = [index for _, index in bounds]

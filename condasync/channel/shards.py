@@ -8,7 +8,7 @@ import datetime
 import hashlib
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 _SHARD_FILE = re.compile(r"^[0-9a-f]{64}\.msgpack\.zst$")
 
 # sorted keys (records' too): the same name, the same bytes
-shard_encoder = _encoder = msgspec.msgpack.Encoder(order="sorted")
+shard_encoder = msgspec.msgpack.Encoder(order="sorted")
 _decoder = msgspec.msgpack.Decoder()
 
 
@@ -44,6 +44,7 @@ def package_name(filename: str) -> str:
 
 
 Written = dict[str, tuple[bytes, list[str]]]  # section -> (JSON object, its keys in order)
+SECTIONS = ("packages", "packages.conda")
 _raw_entries = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
@@ -91,13 +92,18 @@ class NameRecords:
 
     def filenames(self) -> tuple[list[str], list[str]]:
         """The filenames of `packages` and of `conda` (not decoding `written` ones)."""
-        written = self.written
-        if written is not None:
-            none: tuple[bytes, list[str]] = (b"", [])
-            return list(written.get("packages", none)[1]), list(
-                written.get("packages.conda", none)[1]
-            )
+        if self.written is not None:
+            packages, conda = (self.written.get(key, (b"", [])) for key in SECTIONS)
+            return list(packages[1]), list(conda[1])
         return list(self.packages), list(self.conda)
+
+    def without(self, exclude: Set[str]) -> NameRecords:
+        """These records but `exclude` (its digest then comes from its records)."""
+        return NameRecords(
+            {fn: r for fn, r in self.packages.items() if fn not in exclude},
+            {fn: r for fn, r in self.conda.items() if fn not in exclude},
+            list(self.removed),
+        )
 
     def empty(self) -> bool:
         """No record (a name listed only in `removed`)."""
@@ -117,7 +123,11 @@ class NameRecords:
 
 def written_entries(data: bytes, keys: list[str]) -> dict[str, bytes | msgspec.Raw]:
     """The entries of a `written` section; ValueError unless they are exactly `keys`."""
-    entries: dict[str, Any] = _raw_entries.decode(data)
+    return check_written(_raw_entries.decode(data), keys)
+
+
+def check_written(entries: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """A decoded `written` section's entries, which must be exactly `keys`, in order."""
     if list(entries) != keys:
         raise ValueError("a written section does not hold the entries it should")
     return entries
@@ -209,7 +219,7 @@ def encode_shard_index(subdir: str, shards: Mapping[str, bytes], created_at: str
         },
         "shards": dict(shards),
     }
-    return compress(_encoder.encode(doc))
+    return compress(shard_encoder.encode(doc))
 
 
 def decompress(data: bytes) -> bytes:
@@ -290,4 +300,4 @@ def rewrite_index_urls(data: bytes, base_url: str, shards_base_url: str) -> byte
     """An upstream shard index with its URLs pointing where we say (a proxy's own paths)."""
     index = decode_shard_index(data)
     info = {**index.info, "base_url": base_url, "shards_base_url": shards_base_url}
-    return compress(_encoder.encode({"info": info, "shards": index.shards}))
+    return compress(shard_encoder.encode({"info": info, "shards": index.shards}))

@@ -55,9 +55,6 @@ class SubdirShards:
         self.partial: ShardSet | None = None
         self.replaced: frozenset[str] = frozenset()
         self.listed: dict[str, tuple[int, int]] | None = None  # shards/ when listed
-        # the index's filenames per section (Index.order, kept for prepare after the plan
-        # freed them)
-        self.order: Mapping[str, Sequence[str]] | None = None
         self.seconds = 0.0
 
     @property
@@ -73,12 +70,13 @@ class SubdirShards:
         skip: set[str],
         kept_removed: dict[str, msgspec.Raw],
         replace: Iterable[str] = (),
+        order: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         """Group the published records and encode the names that changed, and the interim
         shards for `replace` (the files about to change under their name). Nothing is
-        published; new shard files go to the staging folder. With `order` set, a mirror that
-        publishes every upstream record finds the changed names in upstream's bytes."""
-        order, self.order = self.order, None
+        published; new shard files go to the staging folder. With `order` (the index's
+        filenames per section, which the plan freed from it), a mirror that publishes every
+        upstream record finds the changed names in upstream's bytes."""
         if not self.enabled:
             return
         clock = time.monotonic()
@@ -86,10 +84,10 @@ class SubdirShards:
             whole = published is None and not skip and not kept_removed
             groups = index_groups(index, order) if order is not None and whole else None
             if groups is not None:
-                self._prepare(lambda: groups, groups.digests, replace)
+                self._prepare(groups, groups.digests(), replace)
             else:
                 sections = published_sections(index, published, skip, kept_removed)
-                self._prepare(lambda: group_by_name(sections, index.removed), dict, replace)
+                self._prepare(group_by_name(sections, index.removed), {}, replace)
         self.seconds += time.monotonic() - clock
 
     def prepare_sections(
@@ -99,17 +97,14 @@ class SubdirShards:
         replace: Iterable[str] = (),
     ) -> None:
         clock = time.monotonic()
-        self._prepare(lambda: group_by_name(sections, removed), dict, replace)
+        self._prepare(group_by_name(sections, removed), {}, replace)
         self.seconds += time.monotonic() - clock
 
     def _prepare(
-        self,
-        grouping: Callable[[], Mapping[str, NameRecords]],
-        digests: Callable[[], dict[str, str]],
-        replace: Iterable[str],
+        self, groups: Mapping[str, NameRecords], digests: dict[str, str], replace: Iterable[str]
     ) -> None:
-        """`grouping` the published records by name (and `digests` those of each name, when
-        the groups have them ready), plan the final and interim shards."""
+        """Plan the final and interim shards of the published records grouped by name
+        (`digests`: those of each name, when the groups have them ready)."""
         folder = f"{self.subdir}/{SHARDS_DIR}"
         self.storage.clear_staging(folder)  # a killed run's staged shards
         seen = self.storage.stat(folder) if self.storage.local else None
@@ -127,8 +122,8 @@ class SubdirShards:
             pub.published = {
                 name: entry for name, entry in pub.published.items() if entry[1] in present
             }
-        self.groups = grouping()
-        pub.digests.update(digests())
+        self.groups = groups
+        pub.digests.update(digests)
         self.replaced = frozenset(replace)
         keep = {package_name(fn) for fn in self.replaced}  # encoded again for the interim
         self.final = pub.plan(self.groups, keep=keep)
@@ -159,11 +154,7 @@ class SubdirShards:
                 out.add(name, INTERIM, shard)
                 self.pub.stage(shard.sha.hex(), shard.data)
             else:
-                todo[name] = NameRecords(
-                    {fn: group.packages[fn] for fn in packages},
-                    {fn: group.conda[fn] for fn in conda},
-                    list(group.removed),
-                )
+                todo[name] = group.without(exclude)
         if todo:
             more = self.pub.plan(todo, final=False)
             out.names.update(more.names)
@@ -176,14 +167,7 @@ class SubdirShards:
             return
         clock = time.monotonic()
         affected = {package_name(fn) for fn in skip} & self.groups.keys()
-        changed = {}
-        for name in affected:
-            group = self.groups[name]
-            changed[name] = NameRecords(
-                {fn: r for fn, r in group.packages.items() if fn not in skip},
-                {fn: r for fn, r in group.conda.items() if fn not in skip},
-                group.removed,
-            )  # no hasher: its records changed, so hashed again from them
+        changed = {name: self.groups[name].without(skip) for name in affected}
         # looked up first from now on (RunGroups decodes afresh each time); a ChainMap
         # changes only its first map
         self.groups = ChainMap(changed, cast(MutableMapping[str, NameRecords], self.groups))

@@ -324,12 +324,13 @@ async def _download_and_prepare(
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
     shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
-    shards.order, planned.order = planned.order, None  # freed once the shards are prepared
     shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded (and staged) meanwhile too
         asyncio.to_thread(
-            shards.prepare, index, planned.published, set(), planned.kept_removed, plan.replace
+            shards.prepare, index, planned.published, set(), planned.kept_removed, plan.replace,
+            planned.order,
         )
-    )
+    )  # fmt: skip
+    planned.order = None  # freed once the shards are prepared
     try:
         done, staged = await download_all(
             job, client, package_base, storage, subdir, plan, planned.wanted, present, report,

@@ -494,8 +494,7 @@ def test_changed_names_found_in_upstreams_bytes_publish_the_same_shards(tmp_path
             index = parse_index(body(sections), "noarch")
             run = SubdirShards(storage, "noarch", True, 0.0)
             if how == "runs":
-                run.order = index.order
-                run.prepare(index, None, set(), {}, replace)
+                run.prepare(index, None, set(), {}, replace, index.order)
                 assert run.groups.__class__.__name__ == "RunGroups"
             else:
                 run.prepare_sections(index.sections, index.removed, replace)
