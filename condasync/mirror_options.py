@@ -267,6 +267,7 @@ def job_of(table: dict[str, Any], given: Given) -> MirrorJob:
         s3=g.s3,
         shards=not g.no_shards and table.get("shards", True),
         shard_grace=grace(g.shard_grace or table.get("shard_grace", "15m")),
+        fork=True,
         closure=closure_options(
             closure_from(table),
             g.lock,

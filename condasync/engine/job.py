@@ -54,6 +54,7 @@ class MirrorJob:
     s3: S3Options = field(default_factory=S3Options)
     shards: bool = True  # CEP-16 shards beside repodata.json (--no-shards)
     shard_grace: float = 900.0  # seconds a shard no longer named stays (--shard-grace)
+    fork: bool = False  # shards prepared in a forked child (the CLI; see engine/forked.py)
     closure: Closure = field(default_factory=Closure)
 
 

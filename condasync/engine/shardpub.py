@@ -216,6 +216,25 @@ class ShardStager:
                 done += 1
         return done
 
+    def settle(self) -> dict[str, StagedFile | None]:
+        """Write all, wait, and hand the staged files over (None: the file was in place);
+        a failed write raises."""
+        self.start()
+        try:
+            return {hexdigest: future.result() for hexdigest, future in self.pending.items()}
+        finally:
+            self.pending = {}
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+
+    def adopt(self, staged: Mapping[str, StagedFile | None]) -> None:
+        """Files another process staged (see settle), committed or discarded like ours."""
+        for hexdigest, file in staged.items():
+            done: Future[StagedFile | None] = Future()
+            done.set_result(file)
+            self.pending[hexdigest] = done
+
     def close(self) -> None:
         """Wait for the writes; drop what was not committed (and stage nothing more)."""
         self.closed = True
@@ -262,6 +281,10 @@ class ShardPublisher:
         self.in_place: set[str] = set()  # shard files this run wrote
         self._named: set[str] | None = None  # the shards the state names (see stage)
         self.stager = ShardStager(storage, subdir) if storage.local else None
+
+    def forget_named(self) -> None:
+        """`published` was replaced: what it names is looked up afresh."""
+        self._named = None
 
     def _size(self, shard: str) -> int | None:
         if self.present is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
@@ -24,6 +25,7 @@ from condasync.channel.shards import (
     is_shard_filename,
     package_name,
 )
+from condasync.engine.forked import Forked
 from condasync.engine.shardpub import (
     ShardPublisher,
     ShardSet,
@@ -33,7 +35,7 @@ from condasync.engine.shardpub import (
     load_retired,
 )
 from condasync.models import Record
-from condasync.storage import Storage
+from condasync.storage import StagedFile, Storage
 
 DEFAULT_GRACE = 15 * 60.0
 # The digest of an interim shard's entry: never a records digest (so never taken for one), and
@@ -49,7 +51,10 @@ class SubdirShards:
         self.enabled, self.grace = enabled, grace
         self.started_ns = time.time_ns()
         self._pub: ShardPublisher | None = None  # its state is read in a worker thread
-        self.groups: Mapping[str, NameRecords] = {}
+        self.groups: Mapping[str, NameRecords] | None = {}  # None: not here (see _take)
+        self._source: _Source | None = None  # prepare's arguments (see begin)
+        self._child: Forked[_Handover] | None = None
+        self._cancelled = False
         self.final: ShardSet | None = None
         # the replaced names' interim shards, made ahead for `replaced` (see publish_interim)
         self.partial: ShardSet | None = None
@@ -62,6 +67,77 @@ class SubdirShards:
         if self._pub is None:
             self._pub = ShardPublisher(self.storage, self.subdir, self.started_ns)
         return self._pub
+
+    def begin(
+        self,
+        index: Index,
+        published: set[str] | None,
+        kept_removed: dict[str, msgspec.Raw],
+        replace: Iterable[str],
+        order: Mapping[str, Sequence[str]] | None,
+        apart: bool,
+    ) -> None:
+        """Start `prepare` (no download failed yet). `apart`: in a forked child of a local
+        tree's run, where its work does not stall the downloads (engine/forked.py); call it
+        from the event loop's thread while no other thread is busy. `complete` ends it."""
+        self._source = (index, published, kept_removed, tuple(replace), order)
+        if apart and self.enabled and self.storage.local:
+            self.pub  # noqa: B018 - the state is loaded before the fork: the child's equals ours
+            self._child = Forked(self._in_child)
+
+    def complete(self) -> None:
+        """(In a worker thread.) Take the child's prepared shards over, or prepare here when
+        there is no child or it failed (a real error then surfaces here)."""
+        child, self._child = self._child, None
+        if child is not None:
+            handover = child.result()
+            if handover is not None or self._cancelled:
+                if handover is not None:
+                    self._take(handover)
+                return
+        if self._source is not None and not self._cancelled:
+            index, published, kept_removed, replace, order = self._source
+            self.prepare(index, published, set(), kept_removed, replace, order)
+
+    def cancel(self) -> None:
+        """The run failed: a child preparing shards is killed (`complete` then returns)."""
+        self._cancelled = True
+        if self._child is not None:
+            self._child.kill()
+
+    def _in_child(self) -> _Handover:
+        assert self._source is not None
+        index, published, kept_removed, replace, order = self._source
+        self.prepare(index, published, set(), kept_removed, replace, order)
+        staged = self.pub.stager.settle() if self.pub.stager is not None else {}
+        done = staged.keys() | self.pub.in_place
+        for shards in (self.final, self.partial):  # their bytes are in the staged files
+            if shards is not None:
+                shards.new_files = {h: b"" if h in done else d for h, d in shards.new_files.items()}
+        pub = self.pub
+        return _Handover(
+            self.final, self.partial, self.replaced, self.listed, pub.published, pub.present,
+            pub.digests, pub.in_place, staged, self.seconds,
+        )  # fmt: skip
+
+    def _take(self, got: _Handover) -> None:
+        pub = self.pub
+        pub.published, pub.present, pub.digests = got.published, got.present, got.digests
+        pub.in_place = got.in_place
+        pub.forget_named()
+        if pub.stager is not None:
+            pub.stager.adopt(got.staged)
+        self.final, self.partial, self.replaced = got.final, got.partial, got.replaced
+        self.listed = got.listed
+        self.groups = None  # grouped here only if a download fails (see _grouped)
+        self.seconds += got.seconds
+
+    def _grouped(self) -> Mapping[str, NameRecords]:
+        if self.groups is None:
+            assert self._source is not None
+            index, published, kept_removed, _, order = self._source
+            self.groups, _ = _group(index, published, set(), kept_removed, order)
+        return self.groups
 
     def prepare(
         self,
@@ -81,13 +157,8 @@ class SubdirShards:
             return
         clock = time.monotonic()
         with gc_paused():  # a million new objects, none of them cyclic
-            whole = published is None and not skip and not kept_removed
-            groups = index_groups(index, order) if order is not None and whole else None
-            if groups is not None:
-                self._prepare(groups, groups.digests(), replace)
-            else:
-                sections = published_sections(index, published, skip, kept_removed)
-                self._prepare(group_by_name(sections, index.removed), {}, replace)
+            groups, digests = _group(index, published, skip, kept_removed, order)
+            self._prepare(groups, digests, replace)
         self.seconds += time.monotonic() - clock
 
     def prepare_sections(
@@ -126,7 +197,7 @@ class SubdirShards:
         pub.digests.update(digests)
         self.replaced = frozenset(replace)
         keep = {package_name(fn) for fn in self.replaced}  # encoded again for the interim
-        self.final = pub.plan(self.groups, keep=keep)
+        self.final = pub.plan(groups, keep=keep)
         if self.replaced:
             self.partial = self._plan_partial(self.replaced)
         if pub.stager is not None:
@@ -138,8 +209,9 @@ class SubdirShards:
         assert self.final is not None
         out = ShardSet()
         todo = {}
+        groups = self._grouped()
         for name in {package_name(fn) for fn in exclude}:
-            group = self.groups.get(name)
+            group = groups.get(name)
             if group is None:
                 continue
             packages, conda = (
@@ -166,11 +238,12 @@ class SubdirShards:
         if self.final is None or not skip:
             return
         clock = time.monotonic()
-        affected = {package_name(fn) for fn in skip} & self.groups.keys()
-        changed = {name: self.groups[name].without(skip) for name in affected}
+        groups = self._grouped()
+        affected = {package_name(fn) for fn in skip} & groups.keys()
+        changed = {name: groups[name].without(skip) for name in affected}
         # looked up first from now on (RunGroups decodes afresh each time); a ChainMap
         # changes only its first map
-        self.groups = ChainMap(changed, cast(MutableMapping[str, NameRecords], self.groups))
+        self.groups = ChainMap(changed, cast(MutableMapping[str, NameRecords], groups))
         keep = affected & self.final.encoded.keys()
         redone = self.pub.plan(changed, False, keep)
         for name in affected:
@@ -205,6 +278,7 @@ class SubdirShards:
         """New shard files, then the shard index: right before repodata.json.zst. With
         shards off, the index goes now and its shards after the grace period."""
         clock = time.monotonic()
+        self._source = None  # no failure or interim shard to group for any more
         if self.final is not None:
             self.pub.publish(self.final)
         elif not self.enabled and (
@@ -238,6 +312,49 @@ class SubdirShards:
     @property
     def files_written(self) -> int:
         return self._pub.files_written if self._pub is not None else 0
+
+
+# prepare's arguments: index, published, kept_removed, replace, order
+_Source = tuple[
+    Index,
+    "set[str] | None",
+    "dict[str, msgspec.Raw]",
+    tuple[str, ...],
+    "Mapping[str, Sequence[str]] | None",
+]
+
+
+@dataclass
+class _Handover:
+    """What a child's `prepare` leaves that the run needs (see SubdirShards._in_child)."""
+
+    final: ShardSet | None
+    partial: ShardSet | None
+    replaced: frozenset[str]
+    listed: dict[str, tuple[int, int]] | None
+    published: dict[str, tuple[str, str, int]]
+    present: dict[str, int] | None
+    digests: dict[str, str]
+    in_place: set[str]
+    staged: dict[str, StagedFile | None]
+    seconds: float
+
+
+def _group(
+    index: Index,
+    published: set[str] | None,
+    skip: set[str],
+    kept_removed: dict[str, msgspec.Raw],
+    order: Mapping[str, Sequence[str]] | None,
+) -> tuple[Mapping[str, NameRecords], dict[str, str]]:
+    """The published records by name, and their digests when grouping made them: found in
+    upstream's bytes (`order`) when every upstream record is published, else typed."""
+    whole = published is None and not skip and not kept_removed
+    groups = index_groups(index, order) if order is not None and whole else None
+    if groups is not None:
+        return groups, groups.digests()
+    sections = published_sections(index, published, skip, kept_removed)
+    return group_by_name(sections, index.removed), {}
 
 
 def _filenames(encoded: Encoded) -> set[str]:

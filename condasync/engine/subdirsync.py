@@ -321,22 +321,22 @@ async def _download_and_prepare(
     as_is = upstream.fetched.body if early is not None and planned.published is None else None
     if early is not None and as_is is None:
         await discard_when_ready(early)
+    # CEP-16 shards encoded (and staged) meanwhile too; forked (if so) before any thread starts
+    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
+    shards.begin(
+        index, planned.published, planned.kept_removed, plan.replace, planned.order, job.fork
+    )
+    planned.order = None  # freed once the shards are published
+    shards_ahead = asyncio.ensure_future(asyncio.to_thread(shards.complete))
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)
     ahead = asyncio.ensure_future(asyncio.to_thread(prepare_indexes, storage, subdir, *indexes))
-    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
-    shards_ahead = asyncio.ensure_future(  # CEP-16 shards encoded (and staged) meanwhile too
-        asyncio.to_thread(
-            shards.prepare, index, planned.published, set(), planned.kept_removed, plan.replace,
-            planned.order,
-        )
-    )  # fmt: skip
-    planned.order = None  # freed once the shards are prepared
     try:
         done, staged = await download_all(
             job, client, package_base, storage, subdir, plan, planned.wanted, present, report,
             listen,
         )  # fmt: skip
     except BaseException:
+        shards.cancel()
         await asyncio.gather(shards_ahead, return_exceptions=True)
         await discard_when_ready(ahead)
         raise

@@ -34,6 +34,22 @@ from condasync.storage.base import (
 
 _RUN = uuid.uuid4().hex[:8]  # temp names: this process's tag and a serial number
 _serial = itertools.count()
+_LOCK_FDS: set[int] = set()  # run locks this process holds
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (engine/forked.py) names its temp files apart from its parent's, and
+    lets go of its copies of the run lock: the lock goes when the parent does."""
+    global _RUN
+    _RUN = uuid.uuid4().hex[:8]
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _staging_dir(parent: str, made: set[str]) -> str:
@@ -351,9 +367,11 @@ class LocalStorage:
                     ) from None
                 raise
             self._lock_fd = fd
+            _LOCK_FDS.add(fd)
             yield
         finally:
             self._lock_fd = None
+            _LOCK_FDS.discard(fd)
             os.close(fd)
 
     def claim_lock(self) -> None:

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -507,3 +508,130 @@ def test_changed_names_found_in_upstreams_bytes_publish_the_same_shards(tmp_path
             run.finish()
     assert indexes["runs"] == indexes["parsed"]
     assert shard_files(tmp_path / "runs", "noarch") == shard_files(tmp_path / "parsed", "noarch")
+
+
+def _shard_runs(
+    tmp_path: Path, how: str, prepare: Any
+) -> tuple[list[bytes], set[str], list[dict[str, int]]]:
+    """Two runs of SubdirShards over one tree (the second with replacements and a failed
+    download), `prepare(run, index, replace)` preparing each: the indexes published, the
+    shard files left, and the files each run wrote."""
+    from condasync.channel.bigindex import parse_index
+    from condasync.engine.shardsync import SubdirShards
+    from condasync.storage import open_storage
+
+    def body(sections: dict[str, dict[str, bytes]]) -> bytes:
+        doc = {k: {fn: json.loads(r) for fn, r in v.items()} for k, v in sections.items()}
+        return json.dumps({"info": {"subdir": "noarch"}, **doc}, indent=1).encode()
+
+    first = _sections({"alpha": 3, "beta": 4, "gamma": 2, "delta": 1})
+    second = _sections({"alpha": 3, "beta": 5, "gamma": 2, "delta": 1}, patch="x >=1")
+    second["packages.conda"]["delta-0.0-h0_0.conda"] = first["packages.conda"][
+        "delta-0.0-h0_0.conda"
+    ]
+    replaced = {"beta-1.0-h1_0.conda", "alpha-0.0-h0_0.conda"}
+    storage = open_storage(str(tmp_path / how))
+    seen: list[bytes] = []
+    counts = []
+    for sections, replace, failed in (
+        (first, set(), set()),
+        (second, replaced, {"beta-4.0-h4_0.conda"}),
+    ):
+        index = parse_index(body(sections), "noarch")
+        run = SubdirShards(storage, "noarch", True, 0.0)
+        prepare(run, index, replace)
+        run.drop(failed)
+        if replace:
+            run.publish_interim(replace)
+            seen.append((tmp_path / how / "noarch" / SHARD_INDEX).read_bytes())
+        run.publish_final()
+        seen.append((tmp_path / how / "noarch" / SHARD_INDEX).read_bytes())
+        run.finish()
+        counts.append({"written": run.files_written})
+    assert not (tmp_path / how / "noarch/shards/.condasync-tmp").exists()
+    return seen, shard_files(tmp_path / how, "noarch"), counts
+
+
+def test_shards_prepared_in_a_forked_child_are_the_same(tmp_path: Path, monkeypatch) -> None:
+    """`condasync mirror` prepares shards in a forked child (engine/forked.py): the run takes
+    its result over and publishes the same indexes and files as preparing in process; a
+    child that fails leaves the work to the parent, with the same outcome."""
+    import os
+
+    from condasync.engine.shardsync import SubdirShards
+
+    children: list[int] = []
+
+    def here(run: Any, index: Any, replace: set[str]) -> None:
+        run.begin(index, None, {}, replace, index.order, apart=False)
+        run.complete()
+        assert run.groups is not None
+
+    def forked(run: Any, index: Any, replace: set[str]) -> None:
+        run.begin(index, None, {}, replace, index.order, apart=True)
+        assert run._child is not None and run._child.pid != os.getpid()
+        children.append(run._child.pid)
+        run.complete()
+        assert run.groups is None  # the child's result, taken over
+        assert run.final is not None and run.final.names
+
+    expected = _shard_runs(tmp_path, "here", here)
+    assert _shard_runs(tmp_path, "forked", forked) == expected
+    assert len(set(children)) == 2
+
+    def fails(self: Any) -> Any:
+        raise OSError("the child's disk is full")
+
+    monkeypatch.setattr(SubdirShards, "_in_child", fails)
+
+    def falls_back(run: Any, index: Any, replace: set[str]) -> None:
+        run.begin(index, None, {}, replace, index.order, apart=True)
+        assert run._child is not None
+        run.complete()
+        assert run.groups is not None  # prepared here after all
+
+    assert _shard_runs(tmp_path, "fallback", falls_back) == expected
+
+
+def test_a_cancelled_child_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    """A run that fails during its downloads kills the child preparing shards; nothing it
+    staged stays, and the parent does not prepare them itself."""
+    import os
+
+    from condasync.channel.bigindex import parse_index
+    from condasync.engine.shardsync import SubdirShards
+    from condasync.storage import open_storage
+
+    started = tmp_path / "started"
+
+    def slow(self: Any) -> Any:
+        started.write_text("1")
+        time.sleep(60)
+
+    monkeypatch.setattr(SubdirShards, "_in_child", slow)
+    storage = open_storage(str(tmp_path / "tree"))
+    doc = {k: {fn: json.loads(r) for fn, r in v.items()} for k, v in
+           _sections({"alpha": 2}).items()}  # fmt: skip
+    index = parse_index(json.dumps({"info": {"subdir": "noarch"}, **doc}).encode(), "noarch")
+    run = SubdirShards(storage, "noarch", True, 0.0)
+    run.begin(index, None, {}, set(), index.order, apart=True)
+    assert run._child is not None
+    pid = run._child.pid
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    clock = time.monotonic()
+    run.cancel()
+    run.complete()
+    assert time.monotonic() - clock < 5
+    assert run.final is None
+    run.discard()
+    assert not (tmp_path / "tree/noarch/shards").exists() or not any(
+        (tmp_path / "tree/noarch/shards").iterdir()
+    )
+    try:
+        os.kill(pid, 0)  # reaped: no such process any more
+    except ProcessLookupError:
+        pass
+    else:
+        raise AssertionError(f"child {pid} still exists")
