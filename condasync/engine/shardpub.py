@@ -168,6 +168,7 @@ class ShardStager:
         self.queued: dict[str, tuple[bytes, bool]] = {}
         self.pool: ThreadPoolExecutor | None = None
         self.bulk = False
+        self.always_bulk = False  # in a child that prepares shards (see SubdirShards.begin)
         self.closed = False
 
     def add(self, hexdigest: str, data: bytes, check: bool = False) -> None:
@@ -175,7 +176,7 @@ class ShardStager:
         if hexdigest in self.pending or hexdigest in self.queued or self.closed:
             return
         self.queued[hexdigest] = (data, check)
-        if self.bulk:
+        if self.bulk or self.always_bulk:
             self.start()
 
     def start(self) -> None:

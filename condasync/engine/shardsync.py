@@ -25,7 +25,7 @@ from condasync.channel.shards import (
     is_shard_filename,
     package_name,
 )
-from condasync.engine.forked import Forked
+from condasync.engine.forked import Forked, Receive
 from condasync.engine.shardpub import (
     ShardPublisher,
     ShardSet,
@@ -68,6 +68,16 @@ class SubdirShards:
             self._pub = ShardPublisher(self.storage, self.subdir, self.started_ns)
         return self._pub
 
+    def fork_early(self, index: Index) -> None:
+        """Before the plan, on a local tree: fork the child that prepares the shards of
+        every upstream record (what a run with no filters, selection or kept records
+        publishes), so that it works while the plan is made. `begin` then sends it the
+        files about to be replaced, or ends it if the plan publishes something else."""
+        if self.enabled and self.storage.local:
+            self.pub  # noqa: B018 - the state is loaded before the fork: the child's equals ours
+            self._source = (index, None, {}, None, index.order)
+            self._child = Forked(self._in_child)
+
     def begin(
         self,
         index: Index,
@@ -79,8 +89,16 @@ class SubdirShards:
     ) -> None:
         """Start `prepare` (no download failed yet). `apart`: in a forked child of a local
         tree's run, where its work does not stall the downloads (engine/forked.py); call it
-        from the event loop's thread while no other thread is busy. `complete` ends it."""
+        from the event loop's thread. `complete` ends it."""
         self._source = (index, published, kept_removed, tuple(replace), order)
+        early, self._child = self._child, None
+        if early is not None:  # see fork_early
+            if published is None and not kept_removed:
+                early.send(tuple(replace))
+                self._child = early
+                return
+            early.kill()
+            early.result()
         if apart and self.enabled and self.storage.local:
             self.pub  # noqa: B018 - the state is loaded before the fork: the child's equals ours
             self._child = Forked(self._in_child)
@@ -97,7 +115,7 @@ class SubdirShards:
                 return
         if self._source is not None and not self._cancelled:
             index, published, kept_removed, replace, order = self._source
-            self.prepare(index, published, set(), kept_removed, replace, order)
+            self.prepare(index, published, set(), kept_removed, replace or (), order)
 
     def cancel(self) -> None:
         """The run failed: a child preparing shards is killed (`complete` then returns)."""
@@ -105,16 +123,25 @@ class SubdirShards:
         if self._child is not None:
             self._child.kill()
 
-    def _in_child(self) -> _Handover:
+    def _in_child(self, receive: Receive) -> _Handover:
         assert self._source is not None
         index, published, kept_removed, replace, order = self._source
-        self.prepare(index, published, set(), kept_removed, replace, order)
-        staged = self.pub.stager.settle() if self.pub.stager is not None else {}
-        done = staged.keys() | self.pub.in_place
+        pub = self.pub
+        if pub.stager is not None:
+            pub.stager.always_bulk = True  # no download here to stall: write as encoded
+        self.prepare(index, published, set(), kept_removed, replace or (), order)
+        if replace is None:  # forked before the plan: the replaced files come now
+            clock = time.monotonic()
+            self.replaced = frozenset(receive())
+            if self.replaced:
+                self.partial = self._plan_partial(self.replaced)
+            self.seconds += time.monotonic() - clock
+        staged = pub.stager.settle() if pub.stager is not None else {}
+        done = staged.keys() | pub.in_place
         for shards in (self.final, self.partial):  # their bytes are in the staged files
             if shards is not None:
                 shards.new_files = {h: b"" if h in done else d for h, d in shards.new_files.items()}
-        pub = self.pub
+                shards.encoded = {}  # costly to pickle; only a failed download needs them
         return _Handover(
             self.final, self.partial, self.replaced, self.listed, pub.published, pub.present,
             pub.digests, pub.in_place, staged, self.seconds,
@@ -289,7 +316,10 @@ class SubdirShards:
 
     def discard(self) -> None:
         """Shard files staged but never published go (after a failed or interrupted run, and
-        after finish)."""
+        after finish), with a child still preparing them."""
+        if self._child is not None:
+            self.cancel()
+            self.complete()
         if self._pub is not None and self._pub.stager is not None:
             self._pub.stager.close()
             self.storage.clear_staging(f"{self.subdir}/{SHARDS_DIR}")
@@ -319,7 +349,7 @@ _Source = tuple[
     Index,
     "set[str] | None",
     "dict[str, msgspec.Raw]",
-    tuple[str, ...],
+    "tuple[str, ...] | None",  # None: not known yet (see fork_early)
     "Mapping[str, Sequence[str]] | None",
 ]
 
