@@ -25,7 +25,7 @@ from condasync.channel.shards import (
     is_shard_filename,
     package_name,
 )
-from condasync.engine.forked import Forked, Receive
+from condasync.engine.forked import Forked
 from condasync.engine.shardpub import (
     ShardPublisher,
     ShardSet,
@@ -68,16 +68,6 @@ class SubdirShards:
             self._pub = ShardPublisher(self.storage, self.subdir, self.started_ns)
         return self._pub
 
-    def fork_early(self, index: Index) -> None:
-        """Before the plan, on a local tree: fork the child that prepares the shards of
-        every upstream record (what a run with no filters, selection or kept records
-        publishes), so that it works while the plan is made. `begin` then sends it the
-        files about to be replaced, or ends it if the plan publishes something else."""
-        if self.enabled and self.storage.local:
-            self.pub  # noqa: B018 - the state is loaded before the fork: the child's equals ours
-            self._source = (index, None, {}, None, index.order)
-            self._child = Forked(self._in_child)
-
     def begin(
         self,
         index: Index,
@@ -91,14 +81,6 @@ class SubdirShards:
         tree's run, where its work does not stall the downloads (engine/forked.py); call it
         from the event loop's thread. `complete` ends it."""
         self._source = (index, published, kept_removed, tuple(replace), order)
-        early, self._child = self._child, None
-        if early is not None:  # see fork_early
-            if published is None and not kept_removed:
-                early.send(tuple(replace))
-                self._child = early
-                return
-            early.kill()
-            early.result()
         if apart and self.enabled and self.storage.local:
             self.pub  # noqa: B018 - the state is loaded before the fork: the child's equals ours
             self._child = Forked(self._in_child)
@@ -106,16 +88,17 @@ class SubdirShards:
     def complete(self) -> None:
         """(In a worker thread.) Take the child's prepared shards over, or prepare here when
         there is no child or it failed (a real error then surfaces here)."""
-        child, self._child = self._child, None
+        child = self._child  # left in place meanwhile, for cancel() to kill
         if child is not None:
             handover = child.result()
+            self._child = None
             if handover is not None or self._cancelled:
                 if handover is not None:
                     self._take(handover)
                 return
         if self._source is not None and not self._cancelled:
             index, published, kept_removed, replace, order = self._source
-            self.prepare(index, published, set(), kept_removed, replace or (), order)
+            self.prepare(index, published, set(), kept_removed, replace, order)
 
     def cancel(self) -> None:
         """The run failed: a child preparing shards is killed (`complete` then returns)."""
@@ -123,19 +106,13 @@ class SubdirShards:
         if self._child is not None:
             self._child.kill()
 
-    def _in_child(self, receive: Receive) -> _Handover:
+    def _in_child(self) -> _Handover:
         assert self._source is not None
         index, published, kept_removed, replace, order = self._source
         pub = self.pub
         if pub.stager is not None:
             pub.stager.always_bulk = True  # no download here to stall: write as encoded
-        self.prepare(index, published, set(), kept_removed, replace or (), order)
-        if replace is None:  # forked before the plan: the replaced files come now
-            clock = time.monotonic()
-            self.replaced = frozenset(receive())
-            if self.replaced:
-                self.partial = self._plan_partial(self.replaced)
-            self.seconds += time.monotonic() - clock
+        self.prepare(index, published, set(), kept_removed, replace, order)
         staged = pub.stager.settle() if pub.stager is not None else {}
         done = staged.keys() | pub.in_place
         for shards in (self.final, self.partial):  # their bytes are in the staged files
@@ -349,7 +326,7 @@ _Source = tuple[
     Index,
     "set[str] | None",
     "dict[str, msgspec.Raw]",
-    "tuple[str, ...] | None",  # None: not known yet (see fork_early)
+    tuple[str, ...],
     "Mapping[str, Sequence[str]] | None",
 ]
 

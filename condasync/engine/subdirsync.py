@@ -121,36 +121,32 @@ async def sync_subdir(run: Run, upstream: Upstream, report: SubdirReport) -> Non
             report.shards = {"written": 0, "deleted": len(deleted)}
         return
     report.timings.update(upstream.timings)
-    shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
-    if job.fork and not job.dry_run and _publishes_all(job, upstream):
-        shards.fork_early(upstream.repodata)  # its shards are prepared while we plan
+    # Nothing of ours to change (no filters, nothing kept, info as we publish it): upstream's
+    # bytes are the final index, and go to disk on the other core while we plan. A record
+    # rejected by the plan means our own encoding after all; this one is then dropped.
     early: asyncio.Future[Prepared] | None = None
+    if (
+        not job.dry_run
+        and not job.filters.active
+        and upstream.selection is None
+        and not job.keep_removed
+        and upstream.files_state is not None
+        and check_max_delete(
+            job.max_delete,
+            subdir,
+            len(upstream.repodata.not_listed(upstream.files_state.files.keys())),
+            len(upstream.files_state.files),
+            raise_error=False,
+        )
+        and publishable_as_is(upstream.repodata, subdir)
+    ):
+        locker.ensure()
+        early = asyncio.get_running_loop().run_in_executor(
+            None, prepare_as_is, storage, subdir, upstream.fetched, job
+        )
     try:
-        # Nothing of ours to change (no filters, nothing kept, info as we publish it):
-        # upstream's bytes are the final index, and go to disk on the other core while we
-        # plan. A record rejected by the plan means our own encoding after all; this one is
-        # then dropped.
-        if (
-            not job.dry_run
-            and _publishes_all(job, upstream)
-            and upstream.files_state is not None
-            and check_max_delete(
-                job.max_delete,
-                subdir,
-                len(upstream.repodata.not_listed(upstream.files_state.files.keys())),
-                len(upstream.files_state.files),
-                raise_error=False,
-            )
-            and publishable_as_is(upstream.repodata, subdir)
-        ):
-            locker.ensure()
-            early = asyncio.get_running_loop().run_in_executor(
-                None, prepare_as_is, storage, subdir, upstream.fetched, job
-            )
-        await _sync_changed(run, upstream, report, early, shards)
+        await _sync_changed(run, upstream, report, early)
     finally:
-        # shard files staged and never published, and a child still at work
-        await asyncio.to_thread(shards.discard)
         if early is not None:
             await discard_when_ready(early)  # nothing left to drop once it is published
         if not job.dry_run:
@@ -177,17 +173,12 @@ class _Planned:
 
 
 async def _sync_changed(
-    run: Run,
-    upstream: Upstream,
-    report: SubdirReport,
-    early: asyncio.Future[Prepared] | None,
-    shards: SubdirShards,
+    run: Run, upstream: Upstream, report: SubdirReport, early: asyncio.Future[Prepared] | None
 ) -> None:
     """One subdir whose upstream index changed, in the order of DESIGN.md §2: plan, download
     (indexes are prepared meanwhile), publish, delete, save state."""
     clock = time.monotonic()
     planned = _plan_changes(run, upstream, report)
-    planned.shards = shards
     clock = report.timed("plan", clock)
     plan = planned.plan
     report.planned_bytes = sum(planned.wanted[fn].size for fn in plan.add + plan.replace)
@@ -200,16 +191,14 @@ async def _sync_changed(
         return
     run.locker.ensure()
     await _before_downloads(run, upstream, planned)
-    done, final = await _download_and_prepare(run, upstream, planned, report, early)
-    _split_repaired(report, planned.dropped)
-    stats = await _publish(run, upstream, planned, done, final, report)
-    await _delete_and_save(run, upstream, planned, done, stats, report)
-
-
-def _publishes_all(job: MirrorJob, upstream: Upstream) -> bool:
-    """Whether the run publishes every upstream record, as far as is known before the plan
-    (no filters, selection or kept records; the plan may still reject a record)."""
-    return not job.filters.active and upstream.selection is None and not job.keep_removed
+    try:
+        done, final = await _download_and_prepare(run, upstream, planned, report, early)
+        _split_repaired(report, planned.dropped)
+        stats = await _publish(run, upstream, planned, done, final, report)
+        await _delete_and_save(run, upstream, planned, done, stats, report)
+    finally:
+        if planned.shards is not None:  # shard files staged and never published
+            await asyncio.to_thread(planned.shards.discard)
 
 
 def _plan_changes(run: Run, upstream: Upstream, report: SubdirReport) -> _Planned:
@@ -333,8 +322,7 @@ async def _download_and_prepare(
     if early is not None and as_is is None:
         await discard_when_ready(early)
     # CEP-16 shards encoded (and staged) meanwhile too; forked (if so) before any thread starts
-    shards = planned.shards
-    assert shards is not None
+    shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
     shards.begin(
         index, planned.published, planned.kept_removed, plan.replace, planned.order, job.fork
     )
