@@ -17,6 +17,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +39,8 @@ class Forked(Generic[T]):
         self.pid = 0
         self._fd = -1
         self._lock = threading.Lock()
-        if not hasattr(os, "fork"):
-            return
+        if not sys.platform.startswith("linux"):
+            return  # elsewhere a fork of a threaded process is not safe enough (macOS)
         parent = os.getpid()
         read_fd, write_fd = os.pipe()
         try:
