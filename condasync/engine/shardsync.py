@@ -6,9 +6,11 @@ final one before repodata.json.zst, and strays and orphans after the deletions.
 from __future__ import annotations
 
 import time
+import zlib
 from collections import ChainMap
-from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import msgspec
@@ -53,8 +55,10 @@ class SubdirShards:
         self._pub: ShardPublisher | None = None  # its state is read in a worker thread
         self.groups: Mapping[str, NameRecords] | None = {}  # None: not here (see _take)
         self._source: _Source | None = None  # prepare's arguments (see begin)
-        self._child: Forked[_Handover] | None = None
+        self._children: list[Forked[_Handover]] = []
         self._cancelled = False
+        self._surveyed = False
+        self._part = (0, 1)  # this process's share of the names: (k, parts)
         self.final: ShardSet | None = None
         # the replaced names' interim shards, made ahead for `replaced` (see publish_interim)
         self.partial: ShardSet | None = None
@@ -76,39 +80,40 @@ class SubdirShards:
         replace: Iterable[str],
         order: Mapping[str, Sequence[str]] | None,
         apart: bool,
+        parts: int = 1,
     ) -> None:
-        """Start `prepare` (no download failed yet). `apart`: in a forked child of a local
-        tree's run, where its work does not stall the downloads (engine/forked.py); call it
-        from the event loop's thread. `complete` ends it."""
+        """Start `prepare` (no download failed yet). `apart`: in forked children of a local
+        tree's run, where the work does not stall the downloads (engine/forked.py), `parts`
+        of them each with a share of the names (more than one while nothing downloads); call
+        it from the event loop's thread. `complete` ends it."""
         self._source = (index, published, kept_removed, tuple(replace), order)
         if apart and self.enabled and self.storage.local:
-            self.pub  # noqa: B018 - the state is loaded before the fork: the child's equals ours
-            self._child = Forked(self._in_child)
+            self._survey()  # once, here: the children see the same shards folder
+            self._children = [Forked(partial(self._in_child, k, parts)) for k in range(parts)]
 
     def complete(self) -> None:
-        """(In a worker thread.) Take the child's prepared shards over, or prepare here when
-        there is no child or it failed (a real error then surfaces here)."""
-        child = self._child  # left in place meanwhile, for cancel() to kill
-        if child is not None:
-            handover = child.result()
-            self._child = None
-            if handover is not None or self._cancelled:
-                if handover is not None:
-                    self._take(handover)
-                return
-        if self._source is not None and not self._cancelled:
+        """(In a worker thread.) Take the children's prepared shards over, or prepare here
+        when there is no child or one failed (a real error then surfaces here)."""
+        handovers = [child.result() for child in self._children]  # left for cancel() meanwhile
+        self._children = []
+        if self._cancelled:
+            return
+        if handovers and all(h is not None for h in handovers):
+            self._take([h for h in handovers if h is not None])
+        elif self._source is not None:
             index, published, kept_removed, replace, order = self._source
             self.prepare(index, published, set(), kept_removed, replace, order)
 
     def cancel(self) -> None:
-        """The run failed: a child preparing shards is killed (`complete` then returns)."""
+        """The run failed: children preparing shards are killed (`complete` then returns)."""
         self._cancelled = True
-        if self._child is not None:
-            self._child.kill()
+        for child in self._children:
+            child.kill()
 
-    def _in_child(self) -> _Handover:
+    def _in_child(self, part: int, parts: int) -> _Handover:
         assert self._source is not None
         index, published, kept_removed, replace, order = self._source
+        self._part = (part, parts)
         pub = self.pub
         if pub.stager is not None:
             pub.stager.always_bulk = True  # no download here to stall: write as encoded
@@ -120,21 +125,25 @@ class SubdirShards:
                 shards.new_files = {h: b"" if h in done else d for h, d in shards.new_files.items()}
                 shards.encoded = {}  # costly to pickle; only a failed download needs them
         return _Handover(
-            self.final, self.partial, self.replaced, self.listed, pub.published, pub.present,
-            pub.digests, pub.in_place, staged, self.seconds,
+            self.final, self.partial, self.replaced, pub.digests, pub.in_place, staged,
+            self.seconds,
         )  # fmt: skip
 
-    def _take(self, got: _Handover) -> None:
+    def _take(self, handovers: list[_Handover]) -> None:
+        """The children's shares, merged (the interim shards come from part 0)."""
         pub = self.pub
-        pub.published, pub.present, pub.digests = got.published, got.present, got.digests
-        pub.in_place = got.in_place
-        pub.forget_named()
-        if pub.stager is not None:
-            pub.stager.adopt(got.staged)
-        self.final, self.partial, self.replaced = got.final, got.partial, got.replaced
-        self.listed = got.listed
+        final = ShardSet()
+        for got in handovers:
+            assert got.final is not None
+            final.names.update(got.final.names)
+            final.new_files.update(got.final.new_files)
+            pub.digests.update(got.digests)
+            pub.in_place |= got.in_place
+            if pub.stager is not None:
+                pub.stager.adopt(got.staged)
+        self.final, self.partial, self.replaced = final, handovers[0].partial, handovers[0].replaced
         self.groups = None  # grouped here only if a download fails (see _grouped)
-        self.seconds += got.seconds
+        self.seconds += max(got.seconds for got in handovers)
 
     def _grouped(self) -> Mapping[str, NameRecords]:
         if self.groups is None:
@@ -179,9 +188,27 @@ class SubdirShards:
         self, groups: Mapping[str, NameRecords], digests: dict[str, str], replace: Iterable[str]
     ) -> None:
         """Plan the final and interim shards of the published records grouped by name
-        (`digests`: those of each name, when the groups have them ready)."""
+        (`digests`: those of each name, when the groups have them ready). In a child that
+        has a part of the names (see begin), only those, and the interim shards in part 0."""
+        if not self._surveyed:
+            self._survey()
+        pub = self.pub
+        self.groups = groups
+        pub.digests.update(digests)
+        self.replaced = frozenset(replace)
+        keep = {package_name(fn) for fn in self.replaced}  # encoded again for the interim
+        part, parts = self._part
+        self.final = pub.plan(groups if parts == 1 else _Part(groups, part, parts), keep=keep)
+        if self.replaced and part == 0:
+            self.partial = self._plan_partial(self.replaced)
+        if pub.stager is not None:
+            pub.stager.start()  # the new files are written while the downloads finish
+
+    def _survey(self) -> None:
+        """Clear a killed run's staged shards, and list shards/ unless it is as we left it."""
+        self._surveyed = True
         folder = f"{self.subdir}/{SHARDS_DIR}"
-        self.storage.clear_staging(folder)  # a killed run's staged shards
+        self.storage.clear_staging(folder)
         seen = self.storage.stat(folder) if self.storage.local else None
         pub = self.pub
         if seen is None or list(seen) != pub.state.folder or not pub.published:
@@ -197,15 +224,6 @@ class SubdirShards:
             pub.published = {
                 name: entry for name, entry in pub.published.items() if entry[1] in present
             }
-        self.groups = groups
-        pub.digests.update(digests)
-        self.replaced = frozenset(replace)
-        keep = {package_name(fn) for fn in self.replaced}  # encoded again for the interim
-        self.final = pub.plan(groups, keep=keep)
-        if self.replaced:
-            self.partial = self._plan_partial(self.replaced)
-        if pub.stager is not None:
-            pub.stager.start()  # the new files are written while the downloads finish
 
     def _plan_partial(self, exclude: frozenset[str]) -> ShardSet:
         """Shards of the names of `exclude` without those files: made of the final shards'
@@ -294,7 +312,7 @@ class SubdirShards:
     def discard(self) -> None:
         """Shard files staged but never published go (after a failed or interrupted run, and
         after finish), with a child still preparing them."""
-        if self._child is not None:
+        if self._children:
             self.cancel()
             self.complete()
         if self._pub is not None and self._pub.stager is not None:
@@ -338,13 +356,33 @@ class _Handover:
     final: ShardSet | None
     partial: ShardSet | None
     replaced: frozenset[str]
-    listed: dict[str, tuple[int, int]] | None
-    published: dict[str, tuple[str, str, int]]
-    present: dict[str, int] | None
     digests: dict[str, str]
     in_place: set[str]
     staged: dict[str, StagedFile | None]
     seconds: float
+
+
+class _Part(Mapping[str, NameRecords]):
+    """The names of `groups` whose crc32 is `part` modulo `parts` (a child's share)."""
+
+    def __init__(self, groups: Mapping[str, NameRecords], part: int, parts: int) -> None:
+        self.groups = groups
+        self.names = [n for n in groups if zlib.crc32(n.encode()) % parts == part]
+        self.members = set(self.names)
+
+    def __getitem__(self, name: str) -> NameRecords:
+        if name not in self.members:
+            raise KeyError(name)
+        return self.groups[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.members
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _group(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import os
 import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
@@ -323,9 +324,12 @@ async def _download_and_prepare(
         await discard_when_ready(early)
     # CEP-16 shards encoded (and staged) meanwhile too; forked (if so) before any thread starts
     shards = planned.shards = SubdirShards(storage, subdir, job.shards, job.shard_grace)
+    # nothing to download: the other core is free, so two children share the names
+    parts = 2 if not todo and (os.cpu_count() or 1) > 1 else 1
     shards.begin(
-        index, planned.published, planned.kept_removed, plan.replace, planned.order, job.fork
-    )
+        index, planned.published, planned.kept_removed, plan.replace, planned.order, job.fork,
+        parts,
+    )  # fmt: skip
     planned.order = None  # freed once the shards are published
     shards_ahead = asyncio.ensure_future(asyncio.to_thread(shards.complete))
     indexes = (index, planned.published, planned.kept_removed, plan, job, as_is)

@@ -569,24 +569,32 @@ def test_shards_prepared_in_a_forked_child_are_the_same(tmp_path: Path, monkeypa
 
     def forked(run: Any, index: Any, replace: set[str]) -> None:
         run.begin(index, None, {}, replace, index.order, apart=True)
-        assert run._child is not None and run._child.pid != os.getpid()
-        children.append(run._child.pid)
+        (child,) = run._children
+        assert child.pid not in (0, os.getpid())
+        children.append(child.pid)
         run.complete()
         assert run.groups is None  # the child's result, taken over
         assert run.final is not None and run.final.names
 
+    def split(run: Any, index: Any, replace: set[str]) -> None:
+        run.begin(index, None, {}, replace, index.order, apart=True, parts=2)
+        assert len(run._children) == 2
+        run.complete()
+        assert run.groups is None  # both shares, merged
+
     expected = _shard_runs(tmp_path, "here", here)
     assert _shard_runs(tmp_path, "forked", forked) == expected
     assert len(set(children)) == 2
+    assert _shard_runs(tmp_path, "split", split) == expected
 
-    def fails(self: Any) -> Any:
+    def fails(self: Any, part: int, parts: int) -> Any:
         raise OSError("the child's disk is full")
 
     monkeypatch.setattr(SubdirShards, "_in_child", fails)
 
     def falls_back(run: Any, index: Any, replace: set[str]) -> None:
         run.begin(index, None, {}, replace, index.order, apart=True)
-        assert run._child is not None
+        assert run._children
         run.complete()
         assert run.groups is not None  # prepared here after all
 
@@ -604,7 +612,7 @@ def test_a_cancelled_child_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
 
     started = tmp_path / "started"
 
-    def slow(self: Any) -> Any:
+    def slow(self: Any, part: int, parts: int) -> Any:
         started.write_text("1")
         time.sleep(60)
 
@@ -615,8 +623,8 @@ def test_a_cancelled_child_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     index = parse_index(json.dumps({"info": {"subdir": "noarch"}, **doc}).encode(), "noarch")
     run = SubdirShards(storage, "noarch", True, 0.0)
     run.begin(index, None, {}, set(), index.order, apart=True)
-    assert run._child is not None
-    pid = run._child.pid
+    (child,) = run._children
+    pid = child.pid
     deadline = time.monotonic() + 10
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
