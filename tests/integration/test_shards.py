@@ -470,44 +470,15 @@ def test_changed_names_found_in_upstreams_bytes_publish_the_same_shards(tmp_path
     """A mirror publishing every upstream record finds the changed names in upstream's bytes
     (shardruns): the same shard files and indexes, interim ones included, as grouping the
     parsed records, through a change with replacements and a failed download."""
-    from condasync.channel.bigindex import parse_index
-    from condasync.engine.shardsync import SubdirShards
-    from condasync.storage import open_storage
 
-    def body(sections: dict[str, dict[str, bytes]]) -> bytes:
-        doc = {k: {fn: json.loads(r) for fn, r in v.items()} for k, v in sections.items()}
-        return json.dumps({"info": {"subdir": "noarch"}, **doc}, indent=1).encode()
+    def runs(run: Any, index: Any, replace: set[str]) -> None:
+        run.prepare(index, None, set(), {}, replace, index.order)
+        assert run.groups.__class__.__name__ == "RunGroups"
 
-    first = _sections({"alpha": 3, "beta": 4, "gamma": 2, "delta": 1})
-    second = _sections({"alpha": 3, "beta": 5, "gamma": 2, "delta": 1}, patch="x >=1")
-    second["packages.conda"]["delta-0.0-h0_0.conda"] = first["packages.conda"][
-        "delta-0.0-h0_0.conda"
-    ]  # delta unchanged
-    replaced = {"beta-1.0-h1_0.conda", "alpha-0.0-h0_0.conda"}
-    indexes: dict[str, list[bytes]] = {}
-    for how in ("runs", "parsed"):
-        storage = open_storage(str(tmp_path / how))
-        seen = indexes[how] = []
-        for sections, replace, failed in (
-            (first, set(), set()),
-            (second, replaced, {"beta-4.0-h4_0.conda"}),
-        ):
-            index = parse_index(body(sections), "noarch")
-            run = SubdirShards(storage, "noarch", True, 0.0)
-            if how == "runs":
-                run.prepare(index, None, set(), {}, replace, index.order)
-                assert run.groups.__class__.__name__ == "RunGroups"
-            else:
-                run.prepare_sections(index.sections, index.removed, replace)
-            run.drop(failed)
-            if replace:
-                run.publish_interim(replace)
-                seen.append((tmp_path / how / "noarch" / SHARD_INDEX).read_bytes())
-            run.publish_final()
-            seen.append((tmp_path / how / "noarch" / SHARD_INDEX).read_bytes())
-            run.finish()
-    assert indexes["runs"] == indexes["parsed"]
-    assert shard_files(tmp_path / "runs", "noarch") == shard_files(tmp_path / "parsed", "noarch")
+    def parsed(run: Any, index: Any, replace: set[str]) -> None:
+        run.prepare_sections(index.sections, index.removed, replace)
+
+    assert _shard_runs(tmp_path, "runs", runs) == _shard_runs(tmp_path, "parsed", parsed)
 
 
 def _shard_runs(
