@@ -2,9 +2,10 @@
 longer stalls the parent's downloads) and sees the parent's memory as it was at the fork,
 without a copy. Its result comes back pickled through a pipe.
 
-Used by `condasync mirror` only, where the fork happens from the event loop's thread while
-no other thread is busy. The child touches no lock another thread could hold (no logging,
-no output, no network), dies with its parent, and ends with `os._exit`. Whatever goes wrong
+Used by `condasync mirror` only (Linux), where the fork happens from the event loop's
+thread before the subdir's own worker threads start (another subdir's may be at work). The
+child takes no lock another thread could hold (no logging, output, network or thread pool of
+the parent's), dies with its parent, and ends with `os._exit`. Whatever goes wrong
 in it, the caller is told "no result" and does the step itself, so a failure there costs
 time, never correctness: the real error, if any, then surfaces in the parent.
 """
