@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -45,7 +46,9 @@ class Forked(Generic[T]):
         parent = os.getpid()
         read_fd, write_fd = os.pipe()
         try:
-            pid = os.fork()
+            with warnings.catch_warnings():  # 3.12+ warns of forking a threaded process
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
         except OSError:  # no memory or process slot for it: the caller does the work
             os.close(read_fd)
             os.close(write_fd)
