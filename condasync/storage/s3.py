@@ -1,6 +1,7 @@
 """The S3 backend of the storage interface (obstore): a mirror tree as objects under
 `s3://bucket/prefix`, streamed multipart uploads, no PUT for unchanged bytes, and a count of the
-requests that write (so a test can prove a no-op run writes nothing). The lock is in s3lock.py.
+requests that write (so a test can prove a no-op run writes nothing). The lock is in s3lock.py,
+the upload, prepared-publish and reader objects in s3files.py.
 """
 
 from __future__ import annotations
@@ -42,12 +43,13 @@ from condasync.storage.base import (
     joined,
     plain_relpath,
 )
+from condasync.storage.s3files import ObjectReader, S3Prepared, S3Staged
 from condasync.storage.s3lock import NO_LOCK_FLAG as NO_LOCK_FLAG  # re-exported for the CLI
 from condasync.storage.s3lock import ConditionalWriteUnsupported as ConditionalWriteUnsupported
 from condasync.storage.s3lock import S3Lock
 
 if TYPE_CHECKING:
-    from obstore import ObjectMeta, WritableFile
+    from obstore import ObjectMeta
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_PART_SIZE = 16 * 1024 * 1024
@@ -116,103 +118,6 @@ def _unreachable(exc: BaseException) -> bool:
 
 def _ready(data: Data) -> bytes:
     return data.result() if isinstance(data, Future) else joined(data)
-
-
-class S3Prepared:
-    """Index files held until publish(), which PUTs them in order (see S3Storage.prepare)."""
-
-    def __init__(self, storage: S3Storage, files: list[tuple[str, bytes]]) -> None:
-        self._storage = storage
-        self._files = files
-
-    def publish(self) -> list[str]:
-        files, self._files = self._files, []
-        return self._storage.publish(files)
-
-    def discard(self) -> None:
-        self._files = []
-
-
-class S3Staged:
-    """A streamed upload to the final key: parts go up as they fill, nothing is visible until
-    commit() completes the upload; discard() aborts it."""
-
-    def __init__(self, storage: S3Storage, relpath: str) -> None:
-        self.storage = storage
-        self.relpath = relpath
-        self.size = 0
-        with storage.translate(f"starting the upload of {relpath}"):
-            self._writer: WritableFile | None = obstore.open_writer(
-                storage.store,
-                storage.key(relpath),
-                buffer_size=storage.part_size,
-                max_concurrency=storage.max_concurrency,
-            )
-
-    def write(self, chunk: bytes) -> None:
-        if self._writer is None:
-            raise StorageError(f"{self.relpath}: write after commit or discard")
-        with self.storage.translate(f"uploading {self.relpath}"):
-            self._writer.write(chunk)
-        self.size += len(chunk)
-
-    def close(self) -> None:
-        """Nothing to do: the upload stays pending (invisible) until commit()."""
-
-    def commit(self) -> int:
-        """Complete the upload; returns the object's mtime_ns, the same value stat() reports."""
-        if self._writer is None:
-            raise StorageError(f"{self.relpath}: commit after commit or discard")
-        writer, self._writer = self._writer, None
-        try:
-            with self.storage.translate(f"completing the upload of {self.relpath}"):
-                writer.close()
-        except BaseException:
-            _abort(writer)
-            raise
-        self.storage.count("put", max(1, -(-self.size // self.storage.part_size)))
-        st = self.storage.stat(self.relpath)
-        if st is None:
-            raise StorageError(f"{self.storage.label}: {self.relpath} vanished after its upload")
-        return st[1]
-
-    def discard(self) -> None:
-        """Abort the multipart upload (its parts are dropped); the final key is untouched."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            _abort(writer)
-
-
-def _abort(writer: WritableFile) -> None:
-    # obstore aborts the multipart upload when the writer exits with an exception; if even
-    # that fails, the incomplete upload stays invisible and a bucket lifecycle rule reaps it
-    with contextlib.suppress(BaseError, OSError):
-        writer.__exit__(StorageError, StorageError("discarded"), None)
-
-
-class _ObjectReader(io.RawIOBase):
-    """A GET body as a raw stream, chunk by chunk (no full-object buffering)."""
-
-    def __init__(self, storage: S3Storage, relpath: str, chunks: Iterator[bytes]) -> None:
-        self._storage = storage
-        self._relpath = relpath
-        self._chunks = chunks
-        self._view = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._view:
-            try:
-                with self._storage.translate(f"reading {self._relpath}"):
-                    self._view = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._view))
-        buffer[:n] = self._view[:n]
-        self._view = self._view[n:]
-        return n
 
 
 class S3Storage:
@@ -432,7 +337,7 @@ class S3Storage:
         with self.translate(f"reading {relpath}"):
             result = obstore.get(self.store, self.key(relpath))
         chunks = iter(result.stream(min_chunk_size=HASH_CHUNK))
-        return io.BufferedReader(_ObjectReader(self, relpath, chunks), buffer_size=HASH_CHUNK)
+        return io.BufferedReader(ObjectReader(self, relpath, chunks), buffer_size=HASH_CHUNK)
 
     def clear_staging(self, subdir: str) -> None:
         """Nothing is staged under other keys: an unfinished upload was never visible. (A bucket
