@@ -283,10 +283,6 @@ class ShardPublisher:
         self._named: set[str] | None = None  # the shards the state names (see stage)
         self.stager = ShardStager(storage, subdir) if storage.local else None
 
-    def forget_named(self) -> None:
-        """`published` was replaced: what it names is looked up afresh."""
-        self._named = None
-
     def _size(self, shard: str) -> int | None:
         if self.present is not None:
             return self.present.get(shard)

@@ -49,6 +49,19 @@ def _check_client(url: str, tmp_path: Path, tree: Path) -> None:
         relay.close()
 
 
+def _upstream(
+    tmp_path: Path,
+    channel_server: ChannelServer,
+    serve: Callable[..., ChannelServer],
+    run_cli: Callable[..., object],
+    cls: type[ChannelServer] = FaultServer,
+) -> tuple[Path, ChannelServer]:
+    """A mirror of the test channel (shards and all) in `tmp_path/up`, served as an upstream."""
+    tree = tmp_path / "up"
+    ok(run_cli(*mirror_args(channel_server.url, tree)))
+    return tree, serve(tree, cls=cls)
+
+
 def test_static_channel_serves_shards(
     tmp_path: Path,
     start_serve: Callable[..., ServeProcess],  # noqa: F811
@@ -126,9 +139,7 @@ def test_proxy_channel_passes_upstream_shards_through(
     serve: Callable[..., ChannelServer],
     run_cli,
 ) -> None:
-    upstream_tree = tmp_path / "up"
-    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
-    upstream = serve(upstream_tree, cls=FaultServer)
+    upstream_tree, upstream = _upstream(tmp_path, channel_server, serve, run_cli)
     server = start_serve()
     assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
     url = f"{server.url}/channels/p"
@@ -231,9 +242,7 @@ def test_proxy_shards_and_repodata_are_one_snapshot(
 ) -> None:
     from tests.shard_support import shard_records
 
-    upstream_tree = tmp_path / "up"
-    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
-    upstream = serve(upstream_tree)
+    upstream_tree, upstream = _upstream(tmp_path, channel_server, serve, run_cli, ChannelServer)
     server = start_serve()
     assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
     c = server.client
@@ -283,9 +292,7 @@ def test_proxy_rewrites_absolute_upstream_urls_and_verifies_shards(
 
     from condasync.channel.shards import rewrite_index_urls
 
-    upstream_tree = tmp_path / "up"
-    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
-    upstream = serve(upstream_tree, cls=FaultServer)
+    upstream_tree, upstream = _upstream(tmp_path, channel_server, serve, run_cli)
     noarch = upstream_tree / "noarch"
     (noarch / "shards").rename(noarch / "cdn")
     index_path = noarch / SHARD_INDEX
@@ -358,9 +365,7 @@ def test_proxy_serves_its_cached_shard_index_when_upstream_fails_after_a_change(
 
     import zstandard
 
-    upstream_tree = tmp_path / "up"
-    ok(run_cli(*mirror_args(channel_server.url, upstream_tree)))
-    upstream = serve(upstream_tree, cls=FaultServer)
+    upstream_tree, upstream = _upstream(tmp_path, channel_server, serve, run_cli)
     server = start_serve()
     assert server.create_channel("p", upstream.url, "proxy", ttl=1).status_code == 201
     c = server.client
